@@ -1,0 +1,252 @@
+// Fused MGPP step on the CPU: prior gradient + AdamW + (final mask) +
+// (magnitude histogram) in one pass over param, grad, exp_avg, exp_avg_sq.
+// The math is written once as a template over float and Vectorized<float>,
+// so the vector body and the scalar tail cannot drift apart.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "cpu_utils.h"
+
+namespace mgpp_ext {
+namespace cpu {
+namespace {
+
+struct StepConsts {
+  float decay, beta1, one_minus_beta1, beta2, one_minus_beta2;
+  float step_size, bc2_sqrt, eps;
+  bool prior;
+  float c1, c2, inv_s0, inv_s1, inv_n;
+};
+
+inline float vexp(float x) { return std::exp(x); }
+inline fVec vexp(const fVec& x) { return x.exp(); }
+inline float vsqrt(float x) { return std::sqrt(x); }
+inline fVec vsqrt(const fVec& x) { return x.sqrt(); }
+
+// The per-element step of ALGORITHM.md section 1, in the order the reference
+// writes it. V is float or Vectorized<float>.
+template <typename V>
+inline void step_math(V& p, V g, V& m, V& v, const StepConsts& c) {
+  const V one(1.0f);
+  if (c.prior) {
+    // p0 = P(spike | p). exp overflows to +inf far from zero, and then
+    // 1/(1+inf) is exactly 0, never NaN.
+    V p0 = one / (one + vexp(V(c.c1) + V(c.c2) * (p * p)));
+    g = g + (p * V(c.inv_n)) * (p0 * V(c.inv_s0) + (one - p0) * V(c.inv_s1));
+  }
+  p = p * V(c.decay);
+  m = V(c.beta1) * m + V(c.one_minus_beta1) * g;
+  v = V(c.beta2) * v + V(c.one_minus_beta2) * (g * g);
+  V denom = vsqrt(v) / V(c.bc2_sqrt) + V(c.eps);
+  p = p - V(c.step_size) * (m / denom);
+}
+
+template <typename P, typename S>
+void step_range(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
+                const StepConsts& c, int64_t* hist) {
+  int64_t i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    fVec p0, p1, g0, g1, m0, m1, v0, v1;
+    load2(p + i, p0, p1);
+    load2(g + i, g0, g1);
+    load2(m + i, m0, m1);
+    load2(v + i, v0, v1);
+    step_math(p0, g0, m0, v0, c);
+    step_math(p1, g1, m1, v1, c);
+    if (mask) {
+      // Select rather than multiply, so a pruned weight is +0, never -0/NaN.
+      uint32_t bits[kBlock];
+      for (int64_t j = 0; j < kBlock; ++j) bits[j] = mask[i + j] ? ~0u : 0u;
+      fVec k0 = fVec::loadu(bits), k1 = fVec::loadu(bits + fVec::size());
+      p0 = p0 & k0;
+      p1 = p1 & k1;
+    }
+    store2(p + i, p0, p1);
+    store2(m + i, m0, m1);
+    store2(v + i, v0, v1);
+  }
+  for (; i < n; ++i) {
+    float pf = static_cast<float>(p[i]), mf = static_cast<float>(m[i]),
+          vf = static_cast<float>(v[i]);
+    step_math(pf, static_cast<float>(g[i]), mf, vf, c);
+    if (mask && !mask[i]) pf = 0.0f;
+    p[i] = static_cast<P>(pf);
+    m[i] = static_cast<S>(mf);
+    v[i] = static_cast<S>(vf);
+  }
+  if (hist) {
+    // Of the stored (rounded) value: that is what the threshold will see.
+    for (int64_t j = 0; j < n; ++j) {
+      ++hist[abs_bits(static_cast<float>(p[j])) >> 16];
+    }
+  }
+}
+
+StepConsts make_consts(double lr, double beta1, double beta2, double eps,
+                       double weight_decay, int64_t step, bool prior,
+                       double n, double lam, double s0, double s1) {
+  StepConsts c;
+  c.decay = static_cast<float>(1.0 - lr * weight_decay);
+  c.beta1 = static_cast<float>(beta1);
+  c.one_minus_beta1 = static_cast<float>(1.0 - beta1);
+  c.beta2 = static_cast<float>(beta2);
+  c.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  c.step_size = static_cast<float>(lr / (1.0 - std::pow(beta1, double(step))));
+  c.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, double(step))));
+  c.eps = static_cast<float>(eps);
+  c.prior = prior;
+  if (prior) {
+    c.c1 = static_cast<float>(std::log(lam) - std::log1p(-lam) +
+                              0.5 * std::log(s0) - 0.5 * std::log(s1));
+    c.c2 = static_cast<float>(0.5 / s0 - 0.5 / s1);
+    c.inv_s0 = static_cast<float>(1.0 / s0);
+    c.inv_s1 = static_cast<float>(1.0 / s1);
+    c.inv_n = static_cast<float>(1.0 / n);
+  } else {
+    c.c1 = c.c2 = c.inv_s0 = c.inv_s1 = c.inv_n = 0.0f;
+  }
+  return c;
+}
+
+void check_step_args(at::TensorList params, at::TensorList grads,
+                     at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                     at::TensorList masks, const at::Tensor& hist, double lr,
+                     double beta1, double beta2, double eps, int64_t step,
+                     bool prior, double n, double lam, double s0, double s1) {
+  const char* op = "mgpp_step_";
+  const size_t np = params.size();
+  TORCH_CHECK(grads.size() == np && exp_avgs.size() == np &&
+                  exp_avg_sqs.size() == np,
+              op, ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have "
+              "the same length, got ", np, ", ", grads.size(), ", ",
+              exp_avgs.size(), ", ", exp_avg_sqs.size());
+  TORCH_CHECK(masks.empty() || masks.size() == np, op,
+              ": 'masks' must be empty or have one mask per param (", np,
+              "), got ", masks.size());
+  check_cpu_float_list(params, op, "params");
+  check_cpu_float_list(grads, op, "grads");
+  check_cpu_float_list(exp_avgs, op, "exp_avgs");
+  check_cpu_float_list(exp_avg_sqs, op, "exp_avg_sqs");
+  check_hist(hist, op, /*allow_empty=*/true);
+  if (np == 0) return;
+  const auto pt = params[0].scalar_type();
+  const auto st = exp_avgs[0].scalar_type();
+  TORCH_CHECK(st == pt || st == at::kFloat, op,
+              ": 'exp_avgs' must have the params' dtype or float32, got ", st,
+              " for params of ", pt);
+  for (size_t i = 0; i < np; ++i) {
+    TORCH_CHECK(params[i].scalar_type() == pt && grads[i].scalar_type() == pt,
+                op, ": all 'params' and 'grads' must share one dtype (", pt,
+                "); entry ", i, " has ", params[i].scalar_type(), " and ",
+                grads[i].scalar_type());
+    TORCH_CHECK(exp_avgs[i].scalar_type() == st &&
+                    exp_avg_sqs[i].scalar_type() == st,
+                op, ": all 'exp_avgs' and 'exp_avg_sqs' must share one dtype (",
+                st, "); entry ", i, " differs");
+    const auto& shape = params[i].sizes();
+    TORCH_CHECK(grads[i].sizes() == shape && exp_avgs[i].sizes() == shape &&
+                    exp_avg_sqs[i].sizes() == shape,
+                op, ": entry ", i, " has mismatched shapes: param ", shape,
+                ", grad ", grads[i].sizes(), ", exp_avg ", exp_avgs[i].sizes(),
+                ", exp_avg_sq ", exp_avg_sqs[i].sizes());
+    if (!masks.empty()) {
+      TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == shape &&
+                      masks[i].device().is_cpu(),
+                  op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
+                  shape, ", got ", masks[i].scalar_type(), " ",
+                  masks[i].sizes());
+    }
+  }
+  TORCH_CHECK(lr >= 0, op, ": 'lr' must be >= 0, got ", lr);
+  TORCH_CHECK(beta1 >= 0 && beta1 < 1, op, ": 'beta1' must be in [0, 1), got ", beta1);
+  TORCH_CHECK(beta2 >= 0 && beta2 < 1, op, ": 'beta2' must be in [0, 1), got ", beta2);
+  TORCH_CHECK(eps > 0, op, ": 'eps' must be > 0, got ", eps);
+  TORCH_CHECK(step >= 1, op, ": 'step' must be >= 1 (bias correction), got ", step);
+  if (prior) {
+    TORCH_CHECK(n > 0, op, ": 'num_examples' must be > 0, got ", n);
+    TORCH_CHECK(lam > 0 && lam < 1, op, ": 'lambda_mix' must be in (0, 1), got ", lam);
+    TORCH_CHECK(s0 > 0 && s1 > s0, op,
+                ": need 0 < 'sigma0_sq' < 'sigma1_sq', got ", s0, " and ", s1);
+  }
+}
+
+void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
+                   at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                   at::TensorList masks, const at::Tensor& hist, double lr,
+                   double beta1, double beta2, double eps, double weight_decay,
+                   int64_t step, bool apply_prior, double num_examples,
+                   double lambda_mix, double sigma0_sq, double sigma1_sq) {
+  check_step_args(params, grads, exp_avgs, exp_avg_sqs, masks, hist, lr, beta1,
+                  beta2, eps, step, apply_prior, num_examples, lambda_mix,
+                  sigma0_sq, sigma1_sq);
+  if (params.empty()) return;
+  const StepConsts c =
+      make_consts(lr, beta1, beta2, eps, weight_decay, step, apply_prior,
+                  num_examples, lambda_mix, sigma0_sq, sigma1_sq);
+
+  std::vector<ContiguousInOut> p, m, v;
+  std::vector<at::Tensor> g, k;
+  std::vector<int64_t> numels;
+  for (size_t i = 0; i < params.size(); ++i) {
+    p.emplace_back(params[i]);
+    m.emplace_back(exp_avgs[i]);
+    v.emplace_back(exp_avg_sqs[i]);
+    g.push_back(grads[i].contiguous());
+    if (!masks.empty()) k.push_back(masks[i].contiguous());
+    numels.push_back(params[i].numel());
+  }
+  const auto chunks = make_chunks(numels);
+  const bool want_hist = hist.numel() > 0;
+  const int nthreads = at::get_num_threads();
+  // Per-thread histograms: bins are merged once at the end instead of
+  // contending on shared counters.
+  std::vector<int64_t> local(want_hist ? size_t(nthreads) * 65536 : 0, 0);
+
+  const auto pt = params[0].scalar_type();
+  const auto st = exp_avgs[0].scalar_type();
+  auto run = [&](auto p_tag, auto s_tag) {
+    using P = decltype(p_tag);
+    using S = decltype(s_tag);
+    at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
+      int64_t* h = want_hist ? local.data() + size_t(at::get_thread_num()) * 65536 : nullptr;
+      for (int64_t ci = b; ci < e; ++ci) {
+        const Chunk& ch = chunks[ci];
+        const int64_t i = ch.tensor, o = ch.begin;
+        step_range<P, S>(p[i].work.data_ptr<P>() + o, g[i].const_data_ptr<P>() + o,
+                         m[i].work.data_ptr<S>() + o, v[i].work.data_ptr<S>() + o,
+                         k.empty() ? nullptr : k[i].const_data_ptr<bool>() + o,
+                         ch.end - o, c, h);
+      }
+    });
+  };
+  if (pt == at::kFloat) {
+    run(float{}, float{});
+  } else if (pt == at::kBFloat16) {
+    if (st == at::kFloat) run(at::BFloat16{}, float{}); else run(at::BFloat16{}, at::BFloat16{});
+  } else {
+    if (st == at::kFloat) run(at::Half{}, float{}); else run(at::Half{}, at::Half{});
+  }
+  for (auto& t : p) t.write_back();
+  for (auto& t : m) t.write_back();
+  for (auto& t : v) t.write_back();
+  if (want_hist) {
+    int64_t* out = hist.data_ptr<int64_t>();
+    at::parallel_for(0, 65536, 4096, [&](int64_t b, int64_t e) {
+      for (int t = 0; t < nthreads; ++t) {
+        const int64_t* src = local.data() + size_t(t) * 65536;
+        for (int64_t j = b; j < e; ++j) out[j] += src[j];
+      }
+    });
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace mgpp_ext
+
+TORCH_LIBRARY_IMPL(mgpp_ext, CPU, m) {
+  m.impl("mgpp_step_", &mgpp_ext::cpu::mgpp_step_cpu);
+}

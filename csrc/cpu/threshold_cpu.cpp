@@ -1,0 +1,167 @@
+// Exact global magnitude threshold on the CPU: histograms of |x| bit
+// patterns, the bin selection, and the masking passes. See csrc/ops.cpp for
+// the select_state layout.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu_utils.h"
+
+namespace mgpp_ext {
+namespace cpu {
+namespace {
+
+std::vector<int64_t> numels_of(at::TensorList ts) {
+  std::vector<int64_t> n;
+  for (const auto& t : ts) n.push_back(t.numel());
+  return n;
+}
+
+void abs_histogram_cpu(at::TensorList tensors, const at::Tensor& select_state,
+                       const at::Tensor& hist, int64_t level) {
+  const char* op = "abs_histogram_";
+  check_cpu_float_list(tensors, op, "tensors");
+  check_hist(hist, op, /*allow_empty=*/false);
+  check_select_state(select_state, op);
+  TORCH_CHECK(level == 0 || level == 1, op, ": 'level' must be 0 or 1, got ", level);
+  const uint32_t prefix = level == 1 ? uint32_t(select_state.data_ptr<int64_t>()[1]) : 0;
+
+  std::vector<at::Tensor> ts;
+  for (const auto& t : tensors) ts.push_back(t.contiguous());
+  const auto chunks = make_chunks(numels_of(tensors));
+  const int nthreads = at::get_num_threads();
+  std::vector<int64_t> local(size_t(nthreads) * 65536, 0);
+
+  at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
+    int64_t* h = local.data() + size_t(at::get_thread_num()) * 65536;
+    for (int64_t ci = b; ci < e; ++ci) {
+      const Chunk& ch = chunks[ci];
+      const at::Tensor& t = ts[ch.tensor];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mgpp_ext_threshold", [&] {
+        const scalar_t* x = t.const_data_ptr<scalar_t>();
+        if (level == 0) {
+          for (int64_t j = ch.begin; j < ch.end; ++j) {
+            ++h[abs_bits(static_cast<float>(x[j])) >> 16];
+          }
+        } else {
+          for (int64_t j = ch.begin; j < ch.end; ++j) {
+            const uint32_t bits = abs_bits(static_cast<float>(x[j]));
+            if ((bits >> 16) == prefix) ++h[bits & 0xffffu];
+          }
+        }
+      });
+    }
+  });
+  int64_t* out = hist.data_ptr<int64_t>();
+  for (int t = 0; t < nthreads; ++t) {
+    const int64_t* src = local.data() + size_t(t) * 65536;
+    for (int64_t j = 0; j < 65536; ++j) out[j] += src[j];
+  }
+}
+
+void select_bin_cpu(const at::Tensor& hist, const at::Tensor& select_state, int64_t level) {
+  const char* op = "select_bin_";
+  check_hist(hist, op, /*allow_empty=*/false);
+  check_select_state(select_state, op);
+  TORCH_CHECK(level == 0 || level == 1, op, ": 'level' must be 0 or 1, got ", level);
+  int64_t* s = select_state.data_ptr<int64_t>();
+  const int64_t* h = hist.const_data_ptr<int64_t>();
+  const int64_t k = s[0];
+  int64_t below = 0;
+  int64_t bin = 0;
+  for (; bin < 65536; ++bin) {
+    if (below + h[bin] >= k) break;
+    below += h[bin];
+  }
+  TORCH_CHECK(k >= 1 && bin < 65536, op, ": rank select_state[0] = ", k,
+              " is outside the histogram's ", below, " elements");
+  if (level == 0) {
+    s[0] = k - below;
+    s[1] = bin;
+    s[3] = h[bin];
+  } else {
+    s[2] = (s[1] << 16) | bin;
+  }
+}
+
+void apply_threshold_cpu(at::TensorList tensors, const at::Tensor& select_state,
+                         at::TensorList masks) {
+  const char* op = "apply_threshold_";
+  check_cpu_float_list(tensors, op, "tensors");
+  check_select_state(select_state, op);
+  TORCH_CHECK(masks.empty() || masks.size() == tensors.size(), op,
+              ": 'masks' must be empty or have one mask per tensor (",
+              tensors.size(), "), got ", masks.size());
+  for (size_t i = 0; i < masks.size(); ++i) {
+    TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == tensors[i].sizes() &&
+                    masks[i].device().is_cpu(),
+                op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
+                tensors[i].sizes(), ", got ", masks[i].scalar_type(), " ", masks[i].sizes());
+  }
+  const uint32_t tau = uint32_t(select_state.data_ptr<int64_t>()[2]);
+  std::vector<ContiguousInOut> ts, ms;
+  for (const auto& t : tensors) ts.emplace_back(t);
+  for (const auto& t : masks) ms.emplace_back(t);
+  const auto chunks = make_chunks(numels_of(tensors));
+  at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t ci = b; ci < e; ++ci) {
+      const Chunk& ch = chunks[ci];
+      at::Tensor& t = ts[ch.tensor].work;
+      bool* mk = ms.empty() ? nullptr : ms[ch.tensor].work.data_ptr<bool>();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mgpp_ext_threshold", [&] {
+        scalar_t* x = t.data_ptr<scalar_t>();
+        for (int64_t j = ch.begin; j < ch.end; ++j) {
+          const bool keep = abs_bits(static_cast<float>(x[j])) > tau;
+          if (!keep) x[j] = scalar_t(0);
+          if (mk) mk[j] = keep;
+        }
+      });
+    }
+  });
+  for (auto& t : ts) t.write_back();
+  for (auto& t : ms) t.write_back();
+}
+
+void apply_mask_cpu(at::TensorList tensors, at::TensorList masks) {
+  const char* op = "apply_mask_";
+  check_cpu_float_list(tensors, op, "tensors");
+  TORCH_CHECK(masks.size() == tensors.size(), op,
+              ": 'masks' must have one mask per tensor (", tensors.size(),
+              "), got ", masks.size());
+  for (size_t i = 0; i < masks.size(); ++i) {
+    TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == tensors[i].sizes() &&
+                    masks[i].device().is_cpu(),
+                op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
+                tensors[i].sizes(), ", got ", masks[i].scalar_type(), " ", masks[i].sizes());
+  }
+  std::vector<ContiguousInOut> ts;
+  std::vector<at::Tensor> ms;
+  for (const auto& t : tensors) ts.emplace_back(t);
+  for (const auto& m : masks) ms.push_back(m.contiguous());
+  const auto chunks = make_chunks(numels_of(tensors));
+  at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t ci = b; ci < e; ++ci) {
+      const Chunk& ch = chunks[ci];
+      at::Tensor& t = ts[ch.tensor].work;
+      const bool* mk = ms[ch.tensor].const_data_ptr<bool>();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mgpp_ext_threshold", [&] {
+        scalar_t* x = t.data_ptr<scalar_t>();
+        for (int64_t j = ch.begin; j < ch.end; ++j) {
+          if (!mk[j]) x[j] = scalar_t(0);
+        }
+      });
+    }
+  });
+  for (auto& t : ts) t.write_back();
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace mgpp_ext
+
+TORCH_LIBRARY_IMPL(mgpp_ext, CPU, m) {
+  m.impl("abs_histogram_", &mgpp_ext::cpu::abs_histogram_cpu);
+  m.impl("select_bin_", &mgpp_ext::cpu::select_bin_cpu);
+  m.impl("apply_threshold_", &mgpp_ext::cpu::apply_threshold_cpu);
+  m.impl("apply_mask_", &mgpp_ext::cpu::apply_mask_cpu);
+}

@@ -1,0 +1,63 @@
+// Launcher of the fused MGPP step (prior gradient + AdamW + optional fixed
+// mask + optional level-0 histogram of the updated |param|).
+//
+// Why a torch-free header: the kernel compiles with plain nvcc (no torch
+// CUDA headers needed), and mgpp_cuda.cu, the only file that sees torch,
+// fills these plain structs from the op's arguments.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "dtype.cuh"
+
+namespace mgpp_ext::cuda_kernels {
+
+// Host arrays of num_tensors device pointers (and sizes). Tensor i of every
+// list has numels[i] elements in the same memory order.
+struct StepTensorTable {
+  int64_t num_tensors;
+  void* const* params;
+  const void* const* grads;      // read only
+  void* const* exp_avgs;
+  void* const* exp_avg_sqs;
+  const bool* const* masks;      // nullptr: no fixed mask
+  const int64_t* numels;
+  DType param_dtype;             // params and grads
+  DType state_dtype;             // exp_avgs and exp_avg_sqs: param_dtype or F32
+};
+
+// The op's scalar arguments, as given.
+struct StepHyper {
+  double lr;
+  double beta1;
+  double beta2;
+  double eps;
+  double weight_decay;
+  int64_t step;  // >= 1
+  bool apply_prior;
+  double num_examples;
+  double lambda_mix;
+  double sigma0_sq;
+  double sigma1_sq;
+};
+
+// The per-element constants, computed in double on the host and cast to
+// float (ALGORITHM.md section 1; the CPU kernel does the same).
+struct StepScalars {
+  float c1, c2, inv_s0, inv_s1, inv_n;
+  float decay, b1, omb1, b2, omb2, eps, step_size, bc2_sqrt;
+  int apply_prior;
+};
+
+StepScalars make_step_scalars(const StepHyper& hp);
+
+// hist_or_null: a device int64[65536] that receives (+=) the level-0
+// histogram of the stored |param|, or nullptr. Enqueues on stream; returns
+// the first launch error, or cudaErrorInvalidValue for an unsupported
+// dtype pair.
+cudaError_t launch_mgpp_step(const StepTensorTable& table, const StepHyper& hp,
+                             int64_t* hist_or_null, cudaStream_t stream);
+
+}  // namespace mgpp_ext::cuda_kernels

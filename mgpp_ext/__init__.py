@@ -1,0 +1,15 @@
+"""mgpp-ext: prune pretrained transformers while they are fine-tuned.
+
+``MGPP`` is a drop-in replacement for ``torch.optim.AdamW`` that adds the
+gradient of a mixture Gaussian (spike-and-slab) prior, follows a cubic
+sparsity schedule and prunes with one exact global magnitude threshold
+(Zhang, Sun, Liang, arXiv 2411.00969). The step runs in fused C++/CUDA
+kernels; ``mgpp_ext.reference`` holds the plain-PyTorch specification.
+"""
+from . import ops
+from .optimizer import MGPP
+from .schedule import Schedule
+from .selection import prunable_param_groups
+
+__all__ = ["MGPP", "Schedule", "ops", "prunable_param_groups"]
+__version__ = "0.1.0"

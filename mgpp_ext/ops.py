@@ -1,0 +1,117 @@
+"""Thin, documented wrappers over the ``torch.ops.mgpp_ext`` kernels.
+
+The kernels live in the compiled module ``mgpp_ext._C`` (CPU always, CUDA
+when built with CUDA). Fake implementations are registered here so the ops
+trace under ``torch.compile`` and pass ``torch.library.opcheck``.
+"""
+from __future__ import annotations
+
+import torch
+
+HIST_BINS = 65536
+
+try:
+    from . import _C  # noqa: F401  (registers the kernels)
+
+    EXTENSION_ERROR = None
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    EXTENSION_ERROR = exc
+
+
+def require_extension():
+    """Raise a clear error if the compiled kernels are missing."""
+    if EXTENSION_ERROR is not None:
+        raise RuntimeError(
+            "mgpp_ext's compiled kernels (mgpp_ext._C) are not built or failed to load "
+            f"({EXTENSION_ERROR}). Build them against the installed torch with "
+            "`pip install --no-build-isolation -e .` from the repository root. "
+            "The pure-PyTorch reference (mgpp_ext.reference) works without them."
+        )
+
+
+def _ops():
+    require_extension()
+    return torch.ops.mgpp_ext
+
+
+def mgpp_step_(params, grads, exp_avgs, exp_avg_sqs, masks, hist, *, lr, beta1, beta2,
+               eps, weight_decay, step, apply_prior, num_examples=1.0, lambda_mix=0.5,
+               sigma0_sq=1e-10, sigma1_sq=1.0):
+    """Fused prior gradient + AdamW over same-dtype tensors, in place.
+
+    ``masks`` is ``[]`` or one bool tensor per param (multiplied in after the
+    update); ``hist`` is an empty int64 tensor or one of ``HIST_BINS`` bins
+    that receives the level-0 histogram of the updated |param|.
+    """
+    _ops().mgpp_step_(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+                      list(masks), hist, float(lr), float(beta1), float(beta2), float(eps),
+                      float(weight_decay), int(step), bool(apply_prior), float(num_examples),
+                      float(lambda_mix), float(sigma0_sq), float(sigma1_sq))
+
+
+def abs_histogram_(tensors, select_state, hist, level):
+    """Add the level-``level`` histogram of |x| over ``tensors`` into ``hist``."""
+    _ops().abs_histogram_(list(tensors), select_state, hist, int(level))
+
+
+def select_bin_(hist, select_state, level):
+    """Narrow ``select_state`` to the bin of ``hist`` holding the wanted rank."""
+    _ops().select_bin_(hist, select_state, int(level))
+
+
+def apply_threshold_(tensors, select_state, masks=()):
+    """Zero every |x| <= tau in place; optionally record ``|x| > tau`` masks."""
+    _ops().apply_threshold_(list(tensors), select_state, list(masks))
+
+
+def apply_mask_(tensors, masks):
+    """``x = x if mask else 0`` for each tensor, in place."""
+    _ops().apply_mask_(list(tensors), list(masks))
+
+
+def global_threshold(tensors, k):
+    """The k-th smallest |x| over all ``tensors`` (1-based), as a 0-dim fp32 tensor.
+
+    Equal, bitwise, to ``torch.kthvalue(torch.cat([t.float().abs().flatten()
+    for t in tensors]), k).values`` but computed with two radix-histogram
+    passes and no concatenation or copy.
+    """
+    return _ops().global_threshold(list(tensors), int(k))
+
+
+def new_select_state(k, device):
+    """A fresh select state asking for the k-th smallest element."""
+    return torch.tensor([int(k), 0, 0, 0], dtype=torch.int64, device=device)
+
+
+def threshold_from_select_state(select_state):
+    """tau as a 0-dim fp32 tensor, from a finished select state (no host sync)."""
+    return select_state[2:3].to(torch.int32).view(torch.float32).squeeze(0)
+
+
+if EXTENSION_ERROR is None:
+
+    @torch.library.register_fake("mgpp_ext::mgpp_step_")
+    def _(params, grads, exp_avgs, exp_avg_sqs, masks, hist, lr, beta1, beta2, eps,
+          weight_decay, step, apply_prior, num_examples, lambda_mix, sigma0_sq, sigma1_sq):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::abs_histogram_")
+    def _(tensors, select_state, hist, level):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::select_bin_")
+    def _(hist, select_state, level):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::apply_threshold_")
+    def _(tensors, select_state, masks):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::apply_mask_")
+    def _(tensors, masks):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::global_threshold")
+    def _(tensors, k):
+        return tensors[0].new_empty((), dtype=torch.float32)

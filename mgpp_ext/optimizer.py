@@ -1,0 +1,379 @@
+"""``MGPP``: AdamW + mixture Gaussian prior + cubic schedule + global threshold.
+
+The class is thin: it validates, keeps state, and makes one fused kernel
+call per (group, dtype) bucket. The math lives in the kernels
+(``csrc/``) and in the reference (``mgpp_ext/reference.py``).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+
+from . import ops
+from .schedule import Schedule
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Hyper-parameters whose change would silently alter a resumed run.
+_CHECKED_ON_LOAD = ("schedule", "num_train_examples", "sigma0_sq", "sigma1_sq")
+
+
+class MGPP(torch.optim.Optimizer):
+    """AdamW that prunes while it fine-tunes (mixture Gaussian prior pruning).
+
+    Every step adds the gradient of the spike-and-slab prior
+    ``lambda_t N(0, sigma1_sq) + (1 - lambda_t) N(0, sigma0_sq)`` (scaled by
+    ``1/num_train_examples``) to the gradient of each prunable weight, then
+    takes an AdamW step. At the pruning events of the cubic schedule it finds
+    one exact global magnitude threshold over all prunable weights and zeroes
+    every weight at or below it; after the last event the mask is fixed.
+
+    Args:
+        params: tensors, or param-group dicts. A group's ``"prune"`` key says
+            whether its tensors are pruned; a group without it (or a plain
+            iterable of tensors) prunes every tensor with ``ndim >= 2``.
+            ``mgpp_ext.prunable_param_groups(model)`` builds the usual groups.
+        lr, betas, eps, weight_decay: AdamW's, per group.
+        total_steps: optimizer steps of the whole run.
+        num_train_examples: n, the training-set size (the prior is a
+            per-example term next to the mean minibatch loss).
+        target_sparsity, initial_sparsity: s_f and s_i of the cubic schedule.
+        initial_warmup_steps: t_s, steps before the first pruning event.
+        final_finetune_steps: steps after the last event, with a fixed mask.
+        prune_interval: events between t_s and t_e fall on multiples of it.
+        lambda_mix: lambda, weight of the wide (slab) component.
+        sigma0_sq, sigma1_sq: variances of the spike and the slab.
+        lambda_anneal: (alpha_i, alpha_f); lambda_t = lambda * alpha_t with
+            alpha linear from alpha_i at t_s to alpha_f at t_e.
+        on_nonfinite: ``"raise"`` (default) raises on an inf/NaN gradient
+            before anything is changed; ``"skip"`` skips such a step without
+            advancing the schedule. (``torch.amp.GradScaler`` skips those
+            steps itself before calling ``step``.)
+    """
+
+    def __init__(self, params, lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, *,
+                 total_steps, num_train_examples,
+                 target_sparsity=0.9, initial_sparsity=0.0,
+                 initial_warmup_steps=0, final_finetune_steps=0, prune_interval=100,
+                 lambda_mix=0.1, sigma0_sq=1e-10, sigma1_sq=0.05, lambda_anneal=(1.0, 0.001),
+                 on_nonfinite="raise"):
+        _check_number("lr", lr, lo=0.0)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        for i, b in enumerate(betas):
+            _check_number(f"betas[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
+        _check_number("eps", eps, lo=0.0, lo_open=True)
+        _check_number("weight_decay", weight_decay, lo=0.0)
+        _check_number("num_train_examples", num_train_examples, lo=0.0, lo_open=True)
+        _check_number("sigma0_sq", sigma0_sq, lo=0.0, lo_open=True)
+        _check_number("sigma1_sq", sigma1_sq, lo=0.0, lo_open=True)
+        if not sigma0_sq < sigma1_sq:
+            raise ValueError(
+                f"sigma0_sq must be smaller than sigma1_sq (spike narrower than slab), "
+                f"got sigma0_sq={sigma0_sq}, sigma1_sq={sigma1_sq}"
+            )
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+        self.schedule = Schedule(
+            total_steps=total_steps, initial_warmup_steps=initial_warmup_steps,
+            final_finetune_steps=final_finetune_steps, prune_interval=prune_interval,
+            initial_sparsity=initial_sparsity, target_sparsity=target_sparsity,
+            lambda_mix=lambda_mix, lambda_anneal=tuple(lambda_anneal))
+        self.num_train_examples = float(num_train_examples)
+        self.sigma0_sq = float(sigma0_sq)
+        self.sigma1_sq = float(sigma1_sq)
+        self.on_nonfinite = on_nonfinite
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, prune=None)
+        super().__init__(params, defaults)
+        self._t = 0  # optimizer steps taken (ALGORITHM.md's t)
+        self._threshold = None  # tau of the last event, a 0-dim tensor
+        self._last_k = 0
+        self._events = 0
+        self._skipped = 0
+        if not self._prunable():
+            raise ValueError(
+                "MGPP: the prunable set is empty (no group has prune=True and no tensor "
+                "with ndim >= 2 in a group without a 'prune' key)"
+            )
+        self._shapes = [tuple(p.shape) for _, _, p in self._prunable()]
+
+    # -- groups and parameters ------------------------------------------------
+    def add_param_group(self, param_group):
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"MGPP: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+            if p.layout != torch.strided:
+                raise ValueError(f"MGPP: params[{i}] is a {p.layout} tensor; only dense tensors are supported")
+            if p.dtype not in _FLOAT_DTYPES:
+                raise TypeError(
+                    f"MGPP: params[{i}] has dtype {p.dtype}; supported are float32, bfloat16, float16"
+                )
+        prune = param_group.get("prune", None)
+        if prune is not None and not isinstance(prune, bool):
+            raise TypeError(f"MGPP: a param group's 'prune' must be a bool, got {prune!r}")
+        names = param_group.get("param_names")
+        if names is not None and len(names) != len(params):
+            raise ValueError(
+                f"MGPP: 'param_names' has {len(names)} names for {len(params)} params"
+            )
+        super().add_param_group(param_group)
+
+    @staticmethod
+    def _is_pruned(p, group):
+        return group["prune"] if group["prune"] is not None else p.dim() >= 2
+
+    def _prunable(self):
+        """(group index, param index, param) of every prunable tensor, in order."""
+        return [(gi, pi, p) for gi, g in enumerate(self.param_groups)
+                for pi, p in enumerate(g["params"]) if self._is_pruned(p, g)]
+
+    def _name(self, gi, pi):
+        names = self.param_groups[gi].get("param_names")
+        return names[pi] if names is not None else f"group{gi}.param{pi}"
+
+    # -- the step -------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One MGPP step; returns the closure's loss if a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        prunable = [p for _, _, p in self._prunable()]
+        self._check_prunable(prunable)
+        if not self._grads_finite():
+            return loss
+
+        sch, t = self.schedule, self._t
+        event = sch.is_event(t)
+        final = t > sch.t_e
+        device = prunable[0].device
+        hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device) if event else None
+        no_hist = torch.empty(0, dtype=torch.int64, device=device)
+        prior_kw = dict(num_examples=self.num_train_examples, lambda_mix=sch.lambda_at(t),
+                        sigma0_sq=self.sigma0_sq, sigma1_sq=self.sigma1_sq)
+
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            buckets = OrderedDict()
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("MGPP does not support sparse gradients")
+                state = self.state[p]
+                if len(state) == 0 or "exp_avg" not in state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                pruned = self._is_pruned(p, group)
+                key = (pruned, p.device, p.dtype, int(state["step"].item()))
+                buckets.setdefault(key, []).append(p)
+            for (pruned, dev, _, step), ps in buckets.items():
+                use_hist = pruned and event
+                ops.mgpp_step_(
+                    ps, [p.grad for p in ps],
+                    [self.state[p]["exp_avg"] for p in ps],
+                    [self.state[p]["exp_avg_sq"] for p in ps],
+                    [self.state[p]["mask"] for p in ps] if (pruned and final) else [],
+                    hist if use_hist else (no_hist if dev == device else torch.empty(0, dtype=torch.int64, device=dev)),
+                    lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+                    weight_decay=group["weight_decay"], step=step,
+                    apply_prior=pruned and sch.prior_active(t), **prior_kw)
+
+        if event:
+            missing = [p for p in prunable if p.grad is None]
+            if missing:  # unchanged this step, but they still count in the threshold
+                ops.abs_histogram_(missing, ops.new_select_state(1, device), hist, 0)
+            self._prune_event(t, prunable, hist)
+        self._t += 1
+        return loss
+
+    def _prune_event(self, t, prunable, hist):
+        sch = self.schedule
+        n_total = sum(p.numel() for p in prunable)
+        k = sch.num_pruned(t, n_total)
+        final_event = t == sch.t_e
+        masks = [torch.empty_like(p, dtype=torch.bool) for p in prunable] if final_event else []
+        if k > 0:
+            sel = ops.new_select_state(k, hist.device)
+            self._reduce_histogram(hist)
+            ops.select_bin_(hist, sel, 0)
+            hist.zero_()
+            ops.abs_histogram_(prunable, sel, hist, 1)
+            self._reduce_histogram(hist)
+            ops.select_bin_(hist, sel, 1)
+            ops.apply_threshold_(prunable, sel, masks)
+            self._threshold = ops.threshold_from_select_state(sel)
+        else:
+            for m in masks:
+                m.fill_(True)
+        self._last_k = k
+        self._events += 1
+        if final_event:
+            for p, m in zip(prunable, masks):
+                self.state[p]["mask"] = m
+
+    def _reduce_histogram(self, hist):
+        """Hook for distributed runs: sum ``hist`` over all ranks in place."""
+
+    def _check_prunable(self, prunable):
+        shapes = [tuple(p.shape) for p in prunable]
+        if shapes != self._shapes:
+            for i, (a, b) in enumerate(zip(shapes, self._shapes)):
+                if a != b:
+                    raise RuntimeError(
+                        f"MGPP: prunable parameter {i} changed shape from {b} to {a} after "
+                        "the optimizer was built; rebuild the optimizer")
+            raise RuntimeError("MGPP: the set of prunable parameters changed; rebuild the optimizer")
+        devices = {p.device for p in prunable}
+        if len(devices) > 1:
+            raise RuntimeError(
+                f"MGPP: all prunable parameters must be on one device for the global threshold, "
+                f"found {sorted(map(str, devices))}")
+
+    def _grads_finite(self):
+        """False if the step must be skipped; raises under on_nonfinite='raise'."""
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return True
+        # max |g| is inf/NaN iff some element is: one read pass, no temporaries
+        # the size of the gradients.
+        norms = torch._foreach_norm(grads, float("inf"))
+        if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+            return True
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                "MGPP: a gradient contains inf or NaN; no parameter or state was changed. "
+                "Use torch.amp.GradScaler, fix the loss, or pass on_nonfinite='skip' to "
+                "skip such steps without advancing the schedule.")
+        self._skipped += 1
+        return False
+
+    # -- what the schedule is doing -------------------------------------------
+    @property
+    def current_step(self) -> int:
+        """Optimizer steps taken so far (t of the next step)."""
+        return self._t
+
+    @property
+    def current_target_sparsity(self) -> float:
+        """s_t of the most recent step (0 before the first event)."""
+        return self.schedule.sparsity(max(self._t - 1, 0)) if self._t > self.schedule.t_s else 0.0
+
+    @property
+    def current_lambda(self) -> float:
+        """lambda_t the next step will use (0 once the prior is off)."""
+        return self.schedule.lambda_at(self._t) if self.schedule.prior_active(self._t) else 0.0
+
+    @property
+    def last_threshold(self):
+        """tau of the most recent pruning event (None before any pruning)."""
+        return None if self._threshold is None else float(self._threshold)
+
+    @property
+    def mask_fixed(self) -> bool:
+        """True once the final mask is in force."""
+        return self._t > self.schedule.t_e
+
+    def schedule_state(self) -> dict:
+        """Step, phase, target sparsity, lambda, last threshold and counters."""
+        return dict(step=self._t, phase=self.schedule.phase(self._t),
+                    target_sparsity=self.current_target_sparsity, lambda_t=self.current_lambda,
+                    threshold=self.last_threshold, last_k=self._last_k, events=self._events,
+                    skipped_steps=self._skipped)
+
+    @torch.no_grad()
+    def sparsity(self) -> dict:
+        """Fraction of exact zeros: ``{"overall": float, "per_tensor": {name: float}}``."""
+        per, zeros, total = {}, 0, 0
+        for gi, pi, p in self._prunable():
+            z = int((p == 0).sum().item())
+            per[self._name(gi, pi)] = z / max(p.numel(), 1)
+            zeros += z
+            total += p.numel()
+        return {"overall": zeros / max(total, 1), "per_tensor": per}
+
+    # -- checkpoints ----------------------------------------------------------
+    def _hyper(self):
+        return dict(schedule=self.schedule.as_dict(), num_train_examples=self.num_train_examples,
+                    sigma0_sq=self.sigma0_sq, sigma1_sq=self.sigma1_sq)
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["mgpp"] = dict(
+            t=self._t, events=self._events, skipped=self._skipped, last_k=self._last_k,
+            threshold=None if self._threshold is None else self._threshold.detach().cpu().clone(),
+            hyper=self._hyper(),
+            shapes=[list(s) for s in self._shapes],
+        )
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("mgpp", None)
+        if extra is None:
+            raise ValueError("MGPP.load_state_dict: the state dict has no 'mgpp' entry; "
+                             "it was not saved by MGPP")
+        saved = extra["hyper"]
+        mine = self._hyper()
+        for key in _CHECKED_ON_LOAD:
+            if saved.get(key) != mine.get(key):
+                raise ValueError(
+                    f"MGPP.load_state_dict: hyper-parameter '{key}' differs: saved "
+                    f"{saved.get(key)!r}, this optimizer {mine.get(key)!r}")
+        shapes = [tuple(s) for s in extra["shapes"]]
+        if shapes != self._shapes:
+            raise ValueError(
+                "MGPP.load_state_dict: the prunable parameters differ from the saved ones "
+                f"(saved {len(shapes)} tensors, here {len(self._shapes)}; first difference at "
+                f"{next((i for i, (a, b) in enumerate(zip(shapes, self._shapes)) if a != b), min(len(shapes), len(self._shapes)))})")
+        self._check_state_shapes(state_dict)
+        super().load_state_dict(state_dict)
+        # torch casts floating state to the param dtype; masks are bool.
+        for state in self.state.values():
+            if "mask" in state:
+                state["mask"] = state["mask"].to(torch.bool)
+        self._t = int(extra["t"])
+        self._events = int(extra["events"])
+        self._skipped = int(extra["skipped"])
+        self._last_k = int(extra["last_k"])
+        th = extra["threshold"]
+        self._threshold = None if th is None else th.to(self._prunable()[0][2].device)
+
+    def _check_state_shapes(self, state_dict):
+        """torch zips saved state to params by order; refuse a silent misalignment."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+                len(sg["params"]) != len(g["params"]) for sg, g in zip(saved_groups, self.param_groups)):
+            raise ValueError("MGPP.load_state_dict: the saved param groups do not match this "
+                             "optimizer's groups (number of groups or of params per group)")
+        ids = [i for sg in saved_groups for i in sg["params"]]
+        for i, p in zip(ids, params):
+            st = state_dict["state"].get(i)
+            if st is None:
+                continue
+            for key in ("exp_avg", "exp_avg_sq", "mask"):
+                if key in st and tuple(st[key].shape) != tuple(p.shape):
+                    raise ValueError(
+                        f"MGPP.load_state_dict: saved '{key}' of param {i} has shape "
+                        f"{tuple(st[key].shape)} but the param has shape {tuple(p.shape)} "
+                        "(different model or parameter order)")
+
+
+def _as_float(x):
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value}")

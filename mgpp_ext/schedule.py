@@ -1,0 +1,120 @@
+"""The MGPP schedule: phases, cubic sparsity, lambda annealing, pruning events.
+
+Pure Python, no tensors: the optimizer asks it what step ``t`` must do.
+Step indices follow ALGORITHM.md: ``t = 0, 1, ...`` counts optimizer steps
+actually taken.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    total_steps: int
+    initial_warmup_steps: int = 0
+    final_finetune_steps: int = 0
+    prune_interval: int = 100
+    initial_sparsity: float = 0.0
+    target_sparsity: float = 0.9
+    lambda_mix: float = 0.1
+    lambda_anneal: tuple = (1.0, 0.001)
+
+    def __post_init__(self):
+        _check_int("total_steps", self.total_steps, minimum=1)
+        _check_int("initial_warmup_steps", self.initial_warmup_steps, minimum=0)
+        _check_int("final_finetune_steps", self.final_finetune_steps, minimum=0)
+        _check_int("prune_interval", self.prune_interval, minimum=1)
+        if self.total_steps <= self.initial_warmup_steps + self.final_finetune_steps:
+            raise ValueError(
+                "total_steps must be larger than initial_warmup_steps + final_finetune_steps "
+                f"(got total_steps={self.total_steps}, initial_warmup_steps="
+                f"{self.initial_warmup_steps}, final_finetune_steps={self.final_finetune_steps})"
+            )
+        for name in ("initial_sparsity", "target_sparsity"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not (0.0 <= v < 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
+        if self.initial_sparsity > self.target_sparsity:
+            raise ValueError(
+                f"initial_sparsity ({self.initial_sparsity}) must not exceed "
+                f"target_sparsity ({self.target_sparsity})"
+            )
+        if not isinstance(self.lambda_mix, (int, float)) or not (0.0 < self.lambda_mix < 1.0):
+            raise ValueError(f"lambda_mix must be a number in (0, 1), got {self.lambda_mix!r}")
+        try:
+            a_i, a_f = self.lambda_anneal
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"lambda_anneal must be a pair (alpha_initial, alpha_final), got {self.lambda_anneal!r}"
+            ) from None
+        for name, a in (("lambda_anneal[0]", a_i), ("lambda_anneal[1]", a_f)):
+            if not isinstance(a, (int, float)) or not (0.0 < a <= 1.0 / self.lambda_mix) or not (a * self.lambda_mix < 1.0):
+                raise ValueError(
+                    f"{name} must be > 0 and keep lambda_mix * alpha inside (0, 1), got {a!r}"
+                )
+        object.__setattr__(self, "lambda_anneal", (float(a_i), float(a_f)))
+
+    # -- the phase boundaries -------------------------------------------------
+    @property
+    def t_s(self) -> int:
+        """First pruning event: the end of the initial warm-up."""
+        return self.initial_warmup_steps
+
+    @property
+    def t_e(self) -> int:
+        """Last pruning event: its mask is fixed for the final fine-tune."""
+        return self.total_steps - self.final_finetune_steps - 1
+
+    def phase(self, t: int) -> str:
+        if t < self.t_s:
+            return "warmup"
+        if t <= self.t_e:
+            return "pruning"
+        return "final"
+
+    # -- what step t does -----------------------------------------------------
+    def prior_active(self, t: int) -> bool:
+        return t <= self.t_e
+
+    def alpha(self, t: int) -> float:
+        a_i, a_f = self.lambda_anneal
+        if t <= self.t_s:
+            return a_i
+        if t >= self.t_e:
+            return a_f
+        return a_i + (a_f - a_i) * (t - self.t_s) / (self.t_e - self.t_s)
+
+    def lambda_at(self, t: int) -> float:
+        return self.lambda_mix * self.alpha(t)
+
+    def sparsity(self, t: int) -> float:
+        """Target sparsity s_t (0 before the first event, s_f after the last)."""
+        if t < self.t_s:
+            return 0.0
+        if t >= self.t_e:
+            return self.target_sparsity
+        frac = (t - self.t_s) / (self.t_e - self.t_s)
+        return self.target_sparsity + (self.initial_sparsity - self.target_sparsity) * (1.0 - frac) ** 3
+
+    def is_event(self, t: int) -> bool:
+        if t == self.t_s or t == self.t_e:
+            return True
+        return self.t_s < t < self.t_e and t % self.prune_interval == 0
+
+    def num_pruned(self, t: int, n: int) -> int:
+        """k = floor(s_t * N) weights to prune at an event of step t."""
+        return int(math.floor(self.sparsity(t) * n))
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["lambda_anneal"] = list(self.lambda_anneal)
+        return d
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -1,0 +1,77 @@
+"""Build mgpp_ext._C: the CPU kernels always, the CUDA kernels when torch has
+CUDA and nvcc is found.
+
+Environment switches:
+  FORCE_CUDA=1       build the CUDA kernels even if no GPU is visible
+  MGPP_CPU_ONLY=1    never build the CUDA kernels
+  TORCH_CUDA_ARCH_LIST is honoured by torch's cpp_extension.
+
+Build against the installed torch with ``pip install --no-build-isolation .``
+(an isolated build environment would download a different torch).
+"""
+import glob
+import os
+import platform
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+def _cpu_has(feature):
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(feature in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def _want_cuda():
+    if _flag("MGPP_CPU_ONLY"):
+        return False
+    if _flag("FORCE_CUDA"):
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None and torch.cuda.is_available()
+
+
+def extension():
+    rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    # -ffp-contract=off: no silent fused multiply-adds, so the kernel rounds
+    # like the eager reference it is tested against.
+    cxx = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden"]
+    if platform.machine() in ("x86_64", "AMD64") and _cpu_has("avx2") and _cpu_has("fma"):
+        # at::vec picks its AVX2 implementation from these macros; the build
+        # machine is the machine that runs the kernels.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    if torch.backends.openmp.is_available():
+        cxx += ["-fopenmp"]
+    extra = {"cxx": cxx}
+    if _want_cuda():
+        sources += rel("csrc/cuda/*.cu")
+        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        return CUDAExtension("mgpp_ext._C", sources, extra_compile_args=extra,
+                             include_dirs=[os.path.join(HERE, "csrc")],
+                             extra_link_args=["-fopenmp"] if "-fopenmp" in cxx else [])
+    return CppExtension("mgpp_ext._C", sources, extra_compile_args=extra,
+                        include_dirs=[os.path.join(HERE, "csrc")],
+                        extra_link_args=["-fopenmp"] if "-fopenmp" in cxx else [])
+
+
+setup(
+    name="mgpp-ext",
+    version="0.1.0",
+    description="Fused mixture-Gaussian-prior pruning (MGPP) for fine-tuning transformers",
+    packages=find_packages(include=["mgpp_ext", "mgpp_ext.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+    python_requires=">=3.10",
+    install_requires=[],  # torch is a build-time and run-time requirement installed by the user's setup
+)
