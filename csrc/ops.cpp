@@ -54,4 +54,7 @@ TORCH_LIBRARY(mgpp_ext, m) {
   // as a 0-dim float32 tensor; equal to torch.kthvalue of the concatenated
   // |x|, without concatenating.
   m.def("global_threshold(Tensor[] tensors, int k) -> Tensor");
+  // True (0-dim bool on the tensors' device) iff no element is inf or NaN.
+  // One read pass; used to refuse a step before anything is written.
+  m.def("all_finite(Tensor[] tensors) -> Tensor");
 }

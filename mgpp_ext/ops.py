@@ -79,6 +79,11 @@ def global_threshold(tensors, k):
     return _ops().global_threshold(list(tensors), int(k))
 
 
+def all_finite(tensors):
+    """0-dim bool tensor: True iff no element of ``tensors`` is inf or NaN."""
+    return _ops().all_finite(list(tensors))
+
+
 def new_select_state(k, device):
     """A fresh select state asking for the k-th smallest element."""
     return torch.tensor([int(k), 0, 0, 0], dtype=torch.int64, device=device)
@@ -111,6 +116,10 @@ if EXTENSION_ERROR is None:
     @torch.library.register_fake("mgpp_ext::apply_mask_")
     def _(tensors, masks):
         return None
+
+    @torch.library.register_fake("mgpp_ext::all_finite")
+    def _(tensors):
+        return tensors[0].new_empty((), dtype=torch.bool)
 
     @torch.library.register_fake("mgpp_ext::global_threshold")
     def _(tensors, k):

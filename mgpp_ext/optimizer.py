@@ -241,10 +241,10 @@ class MGPP(torch.optim.Optimizer):
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return True
-        # max |g| is inf/NaN iff some element is: one read pass, no temporaries
-        # the size of the gradients.
-        norms = torch._foreach_norm(grads, float("inf"))
-        if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
+        by_device = {}
+        for g in grads:
+            by_device.setdefault(g.device, []).append(g)
+        if all(bool(ops.all_finite(gs)) for gs in by_device.values()):
             return True
         if self.on_nonfinite == "raise":
             raise FloatingPointError(

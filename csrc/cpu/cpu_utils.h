@@ -11,6 +11,28 @@
 #include <cstring>
 #include <vector>
 
+// Dispatch over the three parameter dtypes the kernels support (fp64 has no
+// place in a bf16/fp16-vector kernel, so AT_DISPATCH_FLOATING_TYPES is wrong).
+#define MGPP_DISPATCH_PARAM_TYPES(TYPE, NAME, ...)                              \
+  [&] {                                                                        \
+    switch (TYPE) {                                                            \
+      case at::kFloat: {                                                       \
+        using scalar_t = float;                                                \
+        return __VA_ARGS__();                                                  \
+      }                                                                        \
+      case at::kBFloat16: {                                                    \
+        using scalar_t = at::BFloat16;                                         \
+        return __VA_ARGS__();                                                  \
+      }                                                                        \
+      case at::kHalf: {                                                        \
+        using scalar_t = at::Half;                                             \
+        return __VA_ARGS__();                                                  \
+      }                                                                        \
+      default:                                                                 \
+        TORCH_CHECK(false, NAME, ": unsupported dtype ", TYPE);                \
+    }                                                                          \
+  }()
+
 namespace mgpp_ext {
 namespace cpu {
 

@@ -19,12 +19,27 @@ struct StepConsts {
   float step_size, bc2_sqrt, eps;
   bool prior;
   float c1, c2, inv_s0, inv_s1, inv_n;
+  // Beyond z_far = c1 + c2 p^2, p0 is so small that the prior term rounds to
+  // exactly its p0 = 0 value in fp32 (see make_consts).
+  float z_far;
 };
 
-inline float vexp(float x) { return std::exp(x); }
-inline fVec vexp(const fVec& x) { return x.exp(); }
 inline float vsqrt(float x) { return std::sqrt(x); }
 inline fVec vsqrt(const fVec& x) { return x.sqrt(); }
+
+// p0 = P(spike | p) = 1 / (1 + exp(c1 + c2 p^2)). exp overflows to +inf far
+// from zero, and then 1/(1+inf) is exactly 0, never NaN.
+inline float spike_prob(float p, const StepConsts& c) {
+  return 1.0f / (1.0f + std::exp(c.c1 + c.c2 * (p * p)));
+}
+inline fVec spike_prob(const fVec& p, const StepConsts& c) {
+  const fVec z = fVec(c.c1) + fVec(c.c2) * (p * p);
+  // Almost every trained weight sits far out in the slab, where p0 cannot
+  // change the fp32 result: skip the exp for such vectors. (The comparison
+  // is false for NaN lanes, which then take the exact path.)
+  if ((z > fVec(c.z_far)).zero_mask() == 0) return fVec(0.0f);
+  return fVec(1.0f) / (fVec(1.0f) + z.exp());
+}
 
 // The per-element step of ALGORITHM.md section 1, in the order the reference
 // writes it. V is float or Vectorized<float>.
@@ -32,9 +47,7 @@ template <typename V>
 inline void step_math(V& p, V g, V& m, V& v, const StepConsts& c) {
   const V one(1.0f);
   if (c.prior) {
-    // p0 = P(spike | p). exp overflows to +inf far from zero, and then
-    // 1/(1+inf) is exactly 0, never NaN.
-    V p0 = one / (one + vexp(V(c.c1) + V(c.c2) * (p * p)));
+    V p0 = spike_prob(p, c);
     g = g + (p * V(c.inv_n)) * (p0 * V(c.inv_s0) + (one - p0) * V(c.inv_s1));
   }
   p = p * V(c.decay);
@@ -105,8 +118,14 @@ StepConsts make_consts(double lr, double beta1, double beta2, double eps,
     c.inv_s0 = static_cast<float>(1.0 / s0);
     c.inv_s1 = static_cast<float>(1.0 / s1);
     c.inv_n = static_cast<float>(1.0 / n);
+    // p0 <= exp(-z). The prior term p0*inv_s0 + (1-p0)*inv_s1 rounds to
+    // inv_s1 exactly when 1-p0 rounds to 1 (p0 < 2^-25) and p0*inv_s0 is
+    // below half an ulp of inv_s1; a factor 4 and one unit of z of margin.
+    const double ulp_s1 = std::ldexp(1.0, std::ilogb(double(c.inv_s1)) - 23);
+    const double p0_max = std::min(std::ldexp(1.0, -27), 0.125 * ulp_s1 / double(c.inv_s0));
+    c.z_far = static_cast<float>(-std::log(p0_max) + 1.0);
   } else {
-    c.c1 = c.c2 = c.inv_s0 = c.inv_s1 = c.inv_n = 0.0f;
+    c.c1 = c.c2 = c.inv_s0 = c.inv_s1 = c.inv_n = c.z_far = 0.0f;
   }
   return c;
 }

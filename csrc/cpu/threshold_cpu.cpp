@@ -11,6 +11,71 @@ namespace mgpp_ext {
 namespace cpu {
 namespace {
 
+inline float float_of_bits(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// Level 1 only visits elements of one level-0 bin, a tiny fraction of all:
+// a vector range test skips the blocks with none of them. For a finite bin
+// [lo, hi) the float comparison is the bit comparison (NaN lanes compare
+// false, and NaN never lies in a finite bin).
+template <typename T>
+void histogram_level1(const T* x, int64_t begin, int64_t end, uint32_t prefix, int64_t* h) {
+  int64_t j = begin;
+  if (prefix < 0x7f80u) {
+    const fVec lo(float_of_bits(prefix << 16)), hi(float_of_bits((prefix + 1) << 16));
+    for (; j + kBlock <= end; j += kBlock) {
+      fVec a, b;
+      load2(x + j, a, b);
+      a = a.abs();
+      b = b.abs();
+      const fVec in = ((a >= lo) & (a < hi)) | ((b >= lo) & (b < hi));
+      if (in.zero_mask() == (1 << fVec::size()) - 1) continue;
+      for (int64_t q = j; q < j + kBlock; ++q) {
+        const uint32_t bits = abs_bits(static_cast<float>(x[q]));
+        if ((bits >> 16) == prefix) ++h[bits & 0xffffu];
+      }
+    }
+  }
+  for (; j < end; ++j) {
+    const uint32_t bits = abs_bits(static_cast<float>(x[j]));
+    if ((bits >> 16) == prefix) ++h[bits & 0xffffu];
+  }
+}
+
+// x = 0 where |x| <= tau; mask = |x| > tau. Written as !(|x| <= tau) so
+// that NaN (above every float in bit order) is kept, as the bits compare.
+template <typename T>
+void threshold_range(T* x, bool* mask, int64_t begin, int64_t end, uint32_t tau_bits) {
+  int64_t j = begin;
+  if (tau_bits < 0x7f800000u) {
+    const fVec tau(float_of_bits(tau_bits)), zero(0.0f);
+    for (; j + kBlock <= end; j += kBlock) {
+      fVec a, b;
+      load2(x + j, a, b);
+      const fVec pa = a.abs() <= tau, pb = b.abs() <= tau;
+      const int none_a = pa.zero_mask(), none_b = pb.zero_mask();
+      const int all = (1 << fVec::size()) - 1;
+      if (none_a != all || none_b != all) {
+        store2(x + j, fVec::blendv(a, zero, pa), fVec::blendv(b, zero, pb));
+      }
+      if (mask) {
+        for (int64_t q = 0; q < fVec::size(); ++q) {
+          mask[j + q] = (none_a >> q) & 1;
+          mask[j + fVec::size() + q] = (none_b >> q) & 1;
+        }
+      }
+    }
+  }
+  for (; j < end; ++j) {
+    const bool keep = abs_bits(static_cast<float>(x[j])) > tau_bits;
+    if (!keep) x[j] = T(0);
+    if (mask) mask[j] = keep;
+  }
+}
+
 std::vector<int64_t> numels_of(at::TensorList ts) {
   std::vector<int64_t> n;
   for (const auto& t : ts) n.push_back(t.numel());
@@ -37,17 +102,14 @@ void abs_histogram_cpu(at::TensorList tensors, const at::Tensor& select_state,
     for (int64_t ci = b; ci < e; ++ci) {
       const Chunk& ch = chunks[ci];
       const at::Tensor& t = ts[ch.tensor];
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mgpp_ext_threshold", [&] {
+      MGPP_DISPATCH_PARAM_TYPES(t.scalar_type(), "mgpp_ext_threshold", [&] {
         const scalar_t* x = t.const_data_ptr<scalar_t>();
         if (level == 0) {
           for (int64_t j = ch.begin; j < ch.end; ++j) {
             ++h[abs_bits(static_cast<float>(x[j])) >> 16];
           }
         } else {
-          for (int64_t j = ch.begin; j < ch.end; ++j) {
-            const uint32_t bits = abs_bits(static_cast<float>(x[j]));
-            if ((bits >> 16) == prefix) ++h[bits & 0xffffu];
-          }
+          histogram_level1(x, ch.begin, ch.end, prefix, h);
         }
       });
     }
@@ -108,13 +170,8 @@ void apply_threshold_cpu(at::TensorList tensors, const at::Tensor& select_state,
       const Chunk& ch = chunks[ci];
       at::Tensor& t = ts[ch.tensor].work;
       bool* mk = ms.empty() ? nullptr : ms[ch.tensor].work.data_ptr<bool>();
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mgpp_ext_threshold", [&] {
-        scalar_t* x = t.data_ptr<scalar_t>();
-        for (int64_t j = ch.begin; j < ch.end; ++j) {
-          const bool keep = abs_bits(static_cast<float>(x[j])) > tau;
-          if (!keep) x[j] = scalar_t(0);
-          if (mk) mk[j] = keep;
-        }
+      MGPP_DISPATCH_PARAM_TYPES(t.scalar_type(), "mgpp_ext_threshold", [&] {
+        threshold_range(t.data_ptr<scalar_t>(), mk, ch.begin, ch.end, tau);
       });
     }
   });
@@ -144,7 +201,7 @@ void apply_mask_cpu(at::TensorList tensors, at::TensorList masks) {
       const Chunk& ch = chunks[ci];
       at::Tensor& t = ts[ch.tensor].work;
       const bool* mk = ms[ch.tensor].const_data_ptr<bool>();
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mgpp_ext_threshold", [&] {
+      MGPP_DISPATCH_PARAM_TYPES(t.scalar_type(), "mgpp_ext_threshold", [&] {
         scalar_t* x = t.data_ptr<scalar_t>();
         for (int64_t j = ch.begin; j < ch.end; ++j) {
           if (!mk[j]) x[j] = scalar_t(0);
