@@ -6,10 +6,11 @@ sparsity schedule and prunes with one exact global magnitude threshold
 (Zhang, Sun, Liang, arXiv 2411.00969). The step runs in fused C++/CUDA
 kernels; ``mgpp_ext.reference`` holds the plain-PyTorch specification.
 """
-from . import ops
+from . import export, ops
+from .export import sparsity_report
 from .optimizer import MGPP
 from .schedule import Schedule
 from .selection import prunable_param_groups
 
-__all__ = ["MGPP", "Schedule", "ops", "prunable_param_groups"]
+__all__ = ["MGPP", "Schedule", "export", "ops", "prunable_param_groups", "sparsity_report"]
 __version__ = "0.1.0"
