@@ -98,6 +98,15 @@ class MGPP(torch.optim.Optimizer):
             )
         self._shapes = [tuple(p.shape) for _, _, p in self._prunable()]
 
+    def set_total_steps(self, total_steps):
+        """Set the run length before the first step (for trainers that know it late)."""
+        if self._t != 0:
+            raise RuntimeError(f"MGPP.set_total_steps: {self._t} steps were already taken")
+        d = self.schedule.as_dict()
+        d["total_steps"] = total_steps
+        d["lambda_anneal"] = tuple(d["lambda_anneal"])
+        self.schedule = Schedule(**d)
+
     # -- groups and parameters ------------------------------------------------
     def add_param_group(self, param_group):
         params = param_group["params"]

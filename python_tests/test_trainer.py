@@ -1,0 +1,147 @@
+"""Hugging Face Trainer and accelerate integration: real Trainer runs on CPU."""
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import mgpp_ext  # noqa: E402
+from mgpp_ext.integrations import MGPPCallback, TrainerMGPP, add_mgpp_callback, unwrap_optimizer  # noqa: E402
+
+
+def tiny_bert(num_labels=3, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=37,
+                                  max_position_embeddings=32, num_labels=num_labels)
+    return transformers.BertForSequenceClassification(cfg)
+
+
+class ToyDataset(torch.utils.data.Dataset):
+    def __init__(self, n=48, length=8, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 64, (n, length), generator=g)
+        self.labels = self.ids[:, 0] % 3
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+class Recorder(transformers.TrainerCallback):
+    """Stands in for a reporting integration (TensorBoard, W&B): keeps what it is given."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def assert_pruned_to(opt, target):
+    """At least floor(target * N) prunable weights are exactly zero."""
+    prunable = [p for g in opt.param_groups if g["prune"] for p in g["params"]]
+    n = sum(p.numel() for p in prunable)
+    zeros = sum(int((p == 0).sum()) for p in prunable)
+    assert zeros >= math.floor(target * n), (zeros, n)
+
+
+def make_args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, num_train_epochs=4,
+                learning_rate=1e-3, logging_steps=2, report_to=[], save_strategy="no",
+                use_cpu=True, disable_tqdm=True, seed=0)
+    base.update(kw)
+    return transformers.TrainingArguments(**base)
+
+
+def test_trainer_with_optimizer_instance(tmp_path):
+    model = tiny_bert()
+    data = ToyDataset()
+    steps = 4 * math.ceil(len(data) / 8)
+    opt = mgpp_ext.MGPP(mgpp_ext.prunable_param_groups(model), lr=1e-3, total_steps=steps,
+                        num_train_examples=len(data), target_sparsity=0.8,
+                        initial_warmup_steps=4, final_finetune_steps=4, prune_interval=4,
+                        sigma1_sq=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - t / steps)
+    trainer = transformers.Trainer(model=model, args=make_args(tmp_path), train_dataset=data,
+                                   optimizers=(opt, sched))
+    add_mgpp_callback(trainer)
+    rec = Recorder()
+    trainer.add_callback(rec)
+    trainer.train()
+    assert opt.current_step == steps
+    assert_pruned_to(opt, 0.8)
+    logged = [l for l in rec.logs if "mgpp/sparsity" in l]
+    assert logged, "the reporting callback never saw MGPP's values"
+    last = logged[-1]
+    assert last["mgpp/sparsity"] == opt.sparsity()["overall"] > 0.79
+    assert last["mgpp/threshold"] > 0
+    assert "mgpp/sparsity/bert.encoder.layer.0.attention.self.query.weight" in last
+    assert last["mgpp/lambda"] == 0.0  # prior off in the final phase
+
+
+def test_trainer_builds_optimizer_and_counts_optimizer_steps(tmp_path):
+    """optimizer_cls_and_kwargs: total_steps comes from the Trainer, which
+    counts optimizer steps (micro-batches / gradient_accumulation_steps)."""
+    model = tiny_bert()
+    data = ToyDataset(n=48)
+    kwargs = dict(model=model, lr=1e-3, num_train_examples=len(data), target_sparsity=0.7,
+                  initial_warmup_steps=2, final_finetune_steps=2, prune_interval=2, sigma1_sq=1.0)
+    args = make_args(tmp_path, gradient_accumulation_steps=2, num_train_epochs=4)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                   optimizer_cls_and_kwargs=(TrainerMGPP, kwargs))
+    add_mgpp_callback(trainer)
+    trainer.train()
+    opt = unwrap_optimizer(trainer.optimizer)
+    micro_batches = 4 * math.ceil(len(data) / 8)
+    assert trainer.state.max_steps == micro_batches // 2
+    assert opt.schedule.total_steps == micro_batches // 2
+    assert opt.current_step == micro_batches // 2
+    assert_pruned_to(opt, 0.7)
+    # Only the default selection was pruned: embeddings and classifier are dense.
+    names = {n for g in opt.param_groups if g["prune"] for n in g["param_names"]}
+    assert names and all(".encoder.layer." in n for n in names)
+    assert (model.bert.embeddings.word_embeddings.weight != 0).float().mean() > 0.9
+
+
+def test_trainer_mgpp_without_callback_refuses_to_step():
+    model = tiny_bert()
+    opt = TrainerMGPP(model, num_train_examples=10)
+    model(input_ids=torch.ones(1, 4, dtype=torch.long), labels=torch.zeros(1, dtype=torch.long)).loss.backward()
+    with pytest.raises(RuntimeError, match="total_steps"):
+        opt.step()
+
+
+def test_accelerate_prepare_and_accumulation_do_not_advance_schedule():
+    accelerate = pytest.importorskip("accelerate")
+    model = tiny_bert()
+    data = ToyDataset(n=32)
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    opt = mgpp_ext.MGPP(mgpp_ext.prunable_param_groups(model), lr=1e-3, total_steps=4,
+                        num_train_examples=len(data), target_sparsity=0.5,
+                        initial_warmup_steps=1, final_finetune_steps=1, prune_interval=1,
+                        sigma1_sq=1.0)
+    acc = accelerate.Accelerator(gradient_accumulation_steps=2, cpu=True)
+    model, opt_w, loader = acc.prepare(model, opt, loader)
+    assert unwrap_optimizer(opt_w) is opt
+    seen = []
+    for batch in loader:  # 8 micro-batches -> 4 optimizer steps
+        with acc.accumulate(model):
+            acc.backward(model(**batch).loss)
+            opt_w.step()
+            opt_w.zero_grad()
+        seen.append(opt.current_step)
+    assert seen == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert_pruned_to(opt, 0.5)
+
+
+def test_mgpp_callback_is_first():
+    model = tiny_bert()
+    trainer = transformers.Trainer(model=model, args=transformers.TrainingArguments(
+        output_dir="/tmp/unused", report_to=[], use_cpu=True))
+    cb = add_mgpp_callback(trainer)
+    assert trainer.callback_handler.callbacks[0] is cb
+    assert isinstance(cb, MGPPCallback)
