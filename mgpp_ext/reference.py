@@ -72,6 +72,7 @@ class ReferenceMGPP:
         self.lam, self.sigma0_sq, self.sigma1_sq = lambda_mix, sigma0_sq, sigma1_sq
         self.alpha_i, self.alpha_f = lambda_anneal
         self.t = 0
+        self.steps = [0] * len(self.params)  # per tensor, as torch.optim.AdamW counts
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.final_mask = None
@@ -86,11 +87,11 @@ class ReferenceMGPP:
         lr = self.lr if lr is None else lr
         prior_on = t <= self.t_e
         lam_t = lambda_annealed(t, self.t_s, self.t_e, self.lam, self.alpha_i, self.alpha_f)
-        step = t + 1  # AdamW's bias-correction count
-
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
+            self.steps[i] += 1
+            step = self.steps[i]  # AdamW's bias-correction count for this tensor
             theta = p.float()
             grad = p.grad.float()
             if self.prune[i] and prior_on:

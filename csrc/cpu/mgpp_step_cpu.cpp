@@ -187,8 +187,9 @@ void check_step_args(at::TensorList params, at::TensorList grads,
   if (prior) {
     TORCH_CHECK(n > 0, op, ": 'num_examples' must be > 0, got ", n);
     TORCH_CHECK(lam > 0 && lam < 1, op, ": 'lambda_mix' must be in (0, 1), got ", lam);
-    TORCH_CHECK(s0 > 0 && s1 > s0, op,
-                ": need 0 < 'sigma0_sq' < 'sigma1_sq', got ", s0, " and ", s1);
+    TORCH_CHECK(s0 >= 1e-38 && s1 > s0, op,
+                ": need 1e-38 <= 'sigma0_sq' < 'sigma1_sq' (1/sigma0_sq must be finite "
+                "in float32), got ", s0, " and ", s1);
   }
 }
 

@@ -1,0 +1,109 @@
+"""torch.library.opcheck on every mgpp_ext op.
+
+opcheck runs the default sub-tests (test_schema: the in-place annotations
+match what the kernel mutates; test_autograd_registration; test_faketensor:
+the fake implementations in ops.py agree with the kernels;
+test_aot_dispatch_dynamic: the op traces and functionalises under
+torch.compile's AOT dispatcher). All of them apply to these ops, so none is
+left out.
+"""
+import pytest
+import torch
+from torch.library import opcheck
+
+from mgpp_ext import ops
+
+OPS = torch.ops.mgpp_ext
+
+
+def step_args(device, dtype, masks, hist, apply_prior=True, step=3):
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (13,), (1,)]
+    params = [torch.randn(s, generator=g).to(device, dtype) for s in shapes]
+    grads = [torch.randn(s, generator=g).to(device, dtype) for s in shapes]
+    exp_avgs = [0.1 * torch.randn(s, generator=g).to(device, dtype) for s in shapes]
+    exp_avg_sqs = [torch.rand(s, generator=g).to(device, dtype) for s in shapes]
+    mask_list = [(torch.rand(s, generator=g) > 0.5).to(device) for s in shapes] if masks else []
+    h = (torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device) if hist
+         else torch.empty(0, dtype=torch.int64, device=device))
+    return (params, grads, exp_avgs, exp_avg_sqs, mask_list, h, 1e-2, 0.9, 0.98, 1e-6, 0.01,
+            step, apply_prior, 100.0, 0.1, 1e-6, 0.05)
+
+
+@pytest.mark.parametrize("dtype, masks, hist", [
+    pytest.param(torch.float32, False, False, id="fp32"),
+    pytest.param(torch.float32, True, True, id="fp32-masks-hist"),
+    pytest.param(torch.bfloat16, False, False, id="bf16"),
+    pytest.param(torch.bfloat16, True, False, id="bf16-masks"),
+    pytest.param(torch.bfloat16, False, True, id="bf16-hist"),
+])
+def test_mgpp_step(device, dtype, masks, hist):
+    opcheck(OPS.mgpp_step_, step_args(device, dtype, masks, hist))
+
+
+def test_mgpp_step_without_prior(device):
+    opcheck(OPS.mgpp_step_, step_args(device, torch.float32, False, False, apply_prior=False, step=1))
+
+
+def weights(device):
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(7, 5, generator=g).to(device),
+            torch.randn(13, generator=g).to(device, torch.bfloat16)]
+
+
+def finished_select_state(tensors, k):
+    state = ops.new_select_state(k, tensors[0].device)
+    for level in (0, 1):
+        hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=tensors[0].device)
+        ops.abs_histogram_(tensors, state, hist, level)
+        ops.select_bin_(hist, state, level)
+    return state
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_abs_histogram(device, level):
+    x = weights(device)
+    state = finished_select_state(x, 10)  # level 1 needs a level-0 prefix
+    hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+    opcheck(OPS.abs_histogram_, (x, state, hist, level))
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_select_bin(device, level):
+    x = weights(device)
+    state = ops.new_select_state(10, device)
+    hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+    ops.abs_histogram_(x, state, hist, 0)
+    if level == 1:
+        ops.select_bin_(hist, state, 0)
+        hist.zero_()
+        ops.abs_histogram_(x, state, hist, 1)
+    opcheck(OPS.select_bin_, (hist, state, level))
+
+
+@pytest.mark.parametrize("with_masks", [False, True])
+def test_apply_threshold(device, with_masks):
+    x = weights(device)
+    state = finished_select_state(x, 20)
+    masks = [torch.zeros(t.shape, dtype=torch.bool, device=device) for t in x] if with_masks else []
+    opcheck(OPS.apply_threshold_, (x, state, masks))
+
+
+def test_apply_mask(device):
+    x = weights(device)
+    g = torch.Generator().manual_seed(2)
+    masks = [(torch.rand(t.shape, generator=g) > 0.5).to(device) for t in x]
+    opcheck(OPS.apply_mask_, (x, masks))
+
+
+@pytest.mark.parametrize("k", [1, 20, 48])
+def test_global_threshold(device, k):
+    opcheck(OPS.global_threshold, (weights(device), k))
+
+
+@pytest.mark.skipif(not hasattr(OPS, "all_finite"), reason="no all_finite op in this build")
+def test_all_finite(device):
+    x = weights(device)
+    opcheck(OPS.all_finite, (x,))
+    x[0][3, 1] = float("inf")
+    opcheck(OPS.all_finite, (x,))

@@ -1,0 +1,157 @@
+"""Checkpoint and resume: an interrupted run continues bitwise like an
+uninterrupted one, at any point of the schedule; mismatched checkpoints are
+refused."""
+import copy
+
+import pytest
+import torch
+
+from mgpp_ext import MGPP, prunable_param_groups
+
+TOTAL = 24
+# t_s = 3, t_e = 24 - 6 - 1 = 17; events at 3, 5, 10, 15, 17
+HYPER = dict(lr=3e-3, weight_decay=0.01, total_steps=TOTAL, num_train_examples=64,
+             initial_warmup_steps=3, final_finetune_steps=6, prune_interval=5,
+             initial_sparsity=0.2, target_sparsity=0.7, sigma0_sq=1e-8)
+
+
+class Net(torch.nn.Module):
+    def __init__(self, hidden=33):
+        super().__init__()
+        self.inp = torch.nn.Linear(17, hidden)
+        self.out = torch.nn.Linear(hidden, 5)
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inp(x))) * self.scale
+
+
+def build(device, dtype, seed, hyper=HYPER, hidden=33):
+    torch.manual_seed(seed)  # a fresh model starts from other weights than the saved one
+    model = Net(hidden).to(device, dtype)
+    opt = MGPP(prunable_param_groups(model, patterns=[r"weight$"]), **hyper)
+    return model, opt
+
+
+def train(model, opt, steps):
+    for t in steps:
+        g = torch.Generator().manual_seed(t)
+        x = torch.randn(8, 17, generator=g).to(model.scale.device, model.scale.dtype)
+        y = torch.randn(8, 5, generator=g).to(x)
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+
+
+def snapshot(model, opt):
+    return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict())}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    runs = {}
+
+    def get(device, dtype):
+        if (device, dtype) not in runs:
+            model, opt = build(device, dtype, seed=0)
+            train(model, opt, range(TOTAL))
+            runs[device, dtype] = (model, opt)
+        return runs[device, dtype]
+    return get
+
+
+def assert_same_run(a_model, a_opt, b_model, b_opt):
+    for (name, p), q in zip(a_model.named_parameters(), b_model.parameters()):
+        assert torch.equal(p, q), name
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(a_opt.state[p][key], b_opt.state[q][key]), (name, key)
+        assert ("mask" in a_opt.state[p]) == ("mask" in b_opt.state[q])
+    assert a_opt.schedule_state() == b_opt.schedule_state()
+    assert a_opt.last_threshold == b_opt.last_threshold
+
+
+# resume points: the next step to take. 2: warm-up; 7: between events;
+# 10: the next step is an event; 11: right after an event; 18: right after t_e
+# (the final masks exist); 21: the final phase
+@pytest.mark.parametrize("resume_at", [2, 7, 10, 11, 18, 21])
+def test_resume_is_bitwise(device, uninterrupted, resume_at):
+    ref_model, ref_opt = uninterrupted(device, torch.float32)
+    model, opt = build(device, torch.float32, seed=0)
+    train(model, opt, range(resume_at))
+    saved = snapshot(model, opt)
+    del model, opt
+    model, opt = build(device, torch.float32, seed=1)
+    assert not torch.equal(model.inp.weight, ref_model.inp.weight)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    assert opt.current_step == resume_at
+    train(model, opt, range(resume_at, TOTAL))
+    assert_same_run(ref_model, ref_opt, model, opt)
+    n = sum(p.numel() for p in (model.inp.weight, model.out.weight))
+    assert opt.mask_fixed and opt.sparsity()["overall"] >= int(0.7 * n) / n
+
+
+@pytest.mark.parametrize("dtype, resume_at", [(torch.float32, 18), (torch.bfloat16, 12)], ids=["fp32-18", "bf16-12"])
+def test_resume_through_a_file(device, uninterrupted, tmp_path, dtype, resume_at):
+    ref_model, ref_opt = uninterrupted(device, dtype)
+    model, opt = build(device, dtype, seed=0)
+    train(model, opt, range(resume_at))
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, path)
+    del model, opt
+    model, opt = build(device, dtype, seed=2)
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    for p in model.parameters():  # masks come back as bool, moments in the param dtype
+        st = opt.state[p]
+        assert st["exp_avg"].dtype == dtype
+        if "mask" in st:
+            assert st["mask"].dtype == torch.bool
+    train(model, opt, range(resume_at, TOTAL))
+    assert_same_run(ref_model, ref_opt, model, opt)
+
+
+def test_different_hyper_parameters_refused(device):
+    model, opt = build(device, torch.float32, seed=0)
+    train(model, opt, range(4))
+    saved = opt.state_dict()
+    _, other = build(device, torch.float32, seed=0, hyper={**HYPER, "target_sparsity": 0.8})
+    with pytest.raises(ValueError, match=r"'target_sparsity' differs: saved 0\.7\d*, this optimizer 0\.8"):
+        other.load_state_dict(saved)
+    _, other = build(device, torch.float32, seed=0, hyper={**HYPER, "sigma0_sq": 1e-9})
+    with pytest.raises(ValueError, match="'sigma0_sq' differs"):
+        other.load_state_dict(saved)
+    assert other.current_step == 0  # nothing loaded
+
+
+def test_different_model_refused(device):
+    model, opt = build(device, torch.float32, seed=0)
+    train(model, opt, range(4))
+    saved = opt.state_dict()
+    _, other = build(device, torch.float32, seed=0, hidden=34)
+    with pytest.raises(ValueError, match="prunable parameters differ"):
+        other.load_state_dict(saved)
+
+
+def test_different_parameter_order_refused(device):
+    model, opt = build(device, torch.float32, seed=0)
+    train(model, opt, range(4))
+    saved = opt.state_dict()
+    # same prunable weights, but the dense group lists its tensors in another order
+    other_model = Net().to(device)
+    groups = prunable_param_groups(other_model, patterns=[r"weight$"])
+    dense = groups[1]
+    dense["params"] = dense["params"][::-1]
+    dense["param_names"] = dense["param_names"][::-1]
+    other = MGPP(groups, **HYPER)
+    with pytest.raises(ValueError, match="different model or parameter order"):
+        other.load_state_dict(saved)
+
+
+def test_foreign_state_dict_refused(device):
+    model, _ = build(device, torch.float32, seed=0)
+    adamw = torch.optim.AdamW(model.parameters())
+    _, opt = build(device, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="not saved by MGPP"):
+        opt.load_state_dict(adamw.state_dict())
