@@ -1,0 +1,108 @@
+"""Worker functions for the 2-process tests (spawned by test_distributed.py)."""
+import os
+
+import torch
+import torch.distributed as dist
+
+import mgpp_ext
+
+HYPER = dict(total_steps=12, num_train_examples=64, target_sparsity=0.75, initial_sparsity=0.25,
+             initial_warmup_steps=2, final_finetune_steps=3, prune_interval=3,
+             sigma0_sq=1e-8, sigma1_sq=0.5, weight_decay=0.01)
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.ReLU(), torch.nn.Linear(40, 37),
+                               torch.nn.ReLU(), torch.nn.Linear(37, 5))
+
+
+def batches(steps, batch=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 24, generator=g), torch.randint(0, 5, (batch,), generator=g))
+            for _ in range(steps)]
+
+
+def train(model, opt, data, rank=0, world=1, record=None):
+    for x, y in data:
+        per = x.shape[0] // world
+        xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        loss = torch.nn.functional.cross_entropy(model(xs), ys)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if record is not None:
+            record.append(opt.last_threshold)
+
+
+def single_process(lr):
+    """The reference: one process, the whole global batch."""
+    model = make_model()
+    opt = mgpp_ext.MGPP(model.parameters(), lr=lr, **HYPER)
+    thresholds = []
+    train(model, opt, batches(HYPER["total_steps"]), record=thresholds)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, thresholds
+
+
+def _init(rank, world, port):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def ddp_worker(rank, world, port, lr, out_dir):
+    _init(rank, world, port)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(make_model())
+        opt = mgpp_ext.MGPP(model.parameters(), lr=lr, **HYPER)
+        thresholds = []
+        train(model, opt, batches(HYPER["total_steps"]), rank, world, thresholds)
+        state = {k.removeprefix("module."): v for k, v in model.state_dict().items()}
+        torch.save({"state": state, "thresholds": thresholds}, os.path.join(out_dir, f"ddp{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    _init(rank, world, port)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+
+        def build():
+            model = make_model()
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            return model, mgpp_ext.MGPP(model.parameters(), lr=lr, **HYPER)
+
+        model, opt = build()
+        data = batches(HYPER["total_steps"])
+        thresholds = []
+        if resume_at is None:
+            train(model, opt, data, rank, world, thresholds)
+        else:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            train(model, opt, data[:resume_at], rank, world, thresholds)
+            msd, osd = get_state_dict(model, opt)
+            ckpt = os.path.join(out_dir, "dcp")
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
+            model, opt = build()  # a fresh model and optimizer, as after a restart
+            msd, osd = get_state_dict(model, opt)
+            sd = {"model": msd, "optim": osd}
+            dcp.load(sd, checkpoint_id=ckpt)
+            set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+            train(model, opt, data[resume_at:], rank, world, thresholds)
+        state = {k: v.full_tensor() for k, v in model.state_dict().items()}
+        masks = [opt.state[p]["mask"].full_tensor() for _, _, p in opt._prunable()]
+        sparsity = opt.sparsity()["overall"]
+        torch.save({"state": state, "thresholds": thresholds, "masks": masks, "sparsity": sparsity},
+                   os.path.join(out_dir, f"fsdp{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,80 @@
+"""DDP and FSDP2 on CPU with gloo, 2 processes spawned by the test itself."""
+import socket
+import sys
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(__file__))
+import dist_workers as W  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(fn, *args):
+    mp.spawn(fn, args=(2, free_port(), *args), nprocs=2, join=True)
+
+
+def test_ddp_matches_single_process(tmp_path):
+    """DDP all-reduces gradients, so every rank steps the same weights:
+    MGPP needs no communication of its own there."""
+    ref_state, ref_thr = W.single_process(lr=1e-2)
+    spawn(W.ddp_worker, 1e-2, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"ddp{r}.pt") for r in range(2))
+    for k in ref_state:
+        assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks differ at {k}"
+        torch.testing.assert_close(r0["state"][k], ref_state[k], rtol=1e-4, atol=1e-5)
+        assert torch.equal(r0["state"][k] == 0, ref_state[k] == 0), f"mask differs at {k}"
+    assert r0["thresholds"] == r1["thresholds"]
+
+
+def test_fsdp2_threshold_is_bitwise_global(tmp_path):
+    """lr = 0 keeps the weights bitwise equal to the single-process run, so the
+    sharded threshold (histograms all-reduced) must be bitwise the global one."""
+    ref_state, ref_thr = W.single_process(lr=0.0)
+    spawn(W.fsdp_worker, 0.0, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"fsdp{r}.pt") for r in range(2))
+    assert r0["thresholds"] == r1["thresholds"] == ref_thr
+    assert any(t is not None and t > 0 for t in ref_thr)
+    for k in ref_state:
+        assert torch.equal(r0["state"][k], ref_state[k]), k
+
+
+def test_fsdp2_training_matches_single_process(tmp_path):
+    ref_state, ref_thr = W.single_process(lr=1e-2)
+    spawn(W.fsdp_worker, 1e-2, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"fsdp{r}.pt") for r in range(2))
+    assert r0["thresholds"] == r1["thresholds"]
+    for k in ref_state:
+        torch.testing.assert_close(r0["state"][k], ref_state[k], rtol=1e-4, atol=1e-5)
+    for a, b in zip(r0["thresholds"], ref_thr):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert abs(a - b) <= 1e-5 * max(abs(b), 1e-6)
+    # the sharded final mask, gathered, is the zero pattern of the weights
+    assert r0["sparsity"] == r1["sparsity"] >= 0.74
+
+
+def test_fsdp2_resume_from_distributed_checkpoint(tmp_path):
+    straight = tmp_path / "straight"
+    resumed = tmp_path / "resumed"
+    straight.mkdir()
+    resumed.mkdir()
+    spawn(W.fsdp_worker, 1e-2, str(straight))
+    spawn(W.fsdp_worker, 1e-2, str(resumed), 6)  # saved between events, mid-schedule
+    a, b = torch.load(straight / "fsdp0.pt"), torch.load(resumed / "fsdp0.pt")
+    assert a["thresholds"] == b["thresholds"]
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    for ma, mb in zip(a["masks"], b["masks"]):
+        assert torch.equal(ma, mb)
