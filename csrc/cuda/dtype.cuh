@@ -94,6 +94,17 @@ __device__ __forceinline__ void store4(T* p, const float (&in)[4]) {
   *reinterpret_cast<Pack4<T>*>(p) = pack;
 }
 
+// The four elements unconverted, for kernels that only zero some of them.
+template <class T>
+__device__ __forceinline__ Pack4<T> load_raw4(const T* p) {
+  return *reinterpret_cast<const Pack4<T>*>(p);
+}
+
+template <class T>
+__device__ __forceinline__ void store_raw4(T* p, const Pack4<T>& pack) {
+  *reinterpret_cast<Pack4<T>*>(p) = pack;
+}
+
 // Four bool mask bytes as one 32-bit word (byte j is element j). Bool
 // tensors hold 0 or 1, but any non-zero byte counts as true.
 __device__ __forceinline__ uint32_t load_mask4(const uint8_t* m) {

@@ -35,6 +35,8 @@ cudaError_t launch_abs_histogram(const TensorTable& tensors,
 
 // One block scans hist for the bin holding the select_state[0]-th smallest
 // element and narrows select_state (level 0: [0], [1], [3]; level 1: [2]).
+// A rank outside [1, total] cannot raise here: it selects bin 0 (k <= 0) or
+// the last bin (k > total).
 cudaError_t launch_select_bin(const int64_t* hist, int64_t* select_state,
                               int level, cudaStream_t stream);
 
