@@ -35,9 +35,11 @@ inline float spike_prob(float p, const StepConsts& c) {
 inline fVec spike_prob(const fVec& p, const StepConsts& c) {
   const fVec z = fVec(c.c1) + fVec(c.c2) * (p * p);
   // Almost every trained weight sits far out in the slab, where p0 cannot
-  // change the fp32 result: skip the exp for such vectors. (The comparison
-  // is false for NaN lanes, which then take the exact path.)
-  if ((z > fVec(c.z_far)).zero_mask() == 0) return fVec(0.0f);
+  // change the fp32 result, or is a pruned exact zero, whose prior term is
+  // +-0 whatever p0 is: skip the exp for vectors made only of those. (The
+  // comparisons are false for NaN lanes, which then take the exact path.)
+  const fVec skip = (z > fVec(c.z_far)) | (p == fVec(0.0f));
+  if (skip.zero_mask() == 0) return fVec(0.0f);
   return fVec(1.0f) / (fVec(1.0f) + z.exp());
 }
 
