@@ -51,6 +51,7 @@ LAYER_SHAPES = {
     "llama": [(2048, 2048)] * 4 + [(5632, 2048)] * 2 + [(2048, 5632)],
 }
 DEFAULT_SIZES = {"cpu": "10M,50M", "cuda": "100M,500M,1B"}
+CHECK_LIMIT = 100_000_000  # weights the correctness check runs on, at most
 CASES = ("a", "a90", "b", "c", "d", "e1", "e2")
 LABELS = {
     "a": "(a) MGPP step, non-event",
@@ -105,9 +106,10 @@ def nonevent_mgpp(params):
     return opt
 
 
-def event_mgpp(params):
-    """An MGPP where every step is a pruning event at sparsity 0.9."""
-    return MGPP(params, **HP, **PRIOR, total_steps=TOTAL_STEPS, prune_interval=1,
+def event_mgpp(params, prune_interval=1):
+    """An MGPP with a pruning event at sparsity 0.9 on every multiple of
+    prune_interval (and at t = 0)."""
+    return MGPP(params, **HP, **PRIOR, total_steps=TOTAL_STEPS, prune_interval=prune_interval,
                 initial_warmup_steps=0, initial_sparsity=SPARSITY, target_sparsity=SPARSITY)
 
 
@@ -144,13 +146,16 @@ class AuthorsEventStep:
         self.tau = None
 
     @torch.no_grad()
-    def step(self):
+    def step(self, prune=True):
         lam = self.schedule.lambda_at(self.t)
         for p in self.params:
             # In the parameter's dtype, as the authors' code (p.grad.sub_(p.mul(...))).
             p.grad.add_(prior_gradient(p, PRIOR["num_train_examples"], lam,
                                        PRIOR["sigma0_sq"], PRIOR["sigma1_sq"]))
         self.opt.step()
+        if not prune:
+            self.t += 1
+            return
         k = self.schedule.num_pruned(self.t, self.n_total)
         mags = [p.detach().abs() for p in self.params]
         self.tau = torch.kthvalue(torch.cat([m.view(-1) for m in mags]), k).values
@@ -184,14 +189,26 @@ def sync(device):
 CLOCK = time.perf_counter
 
 
+def _with_before(fn, before):
+    """fn, with an untimed ``before()`` that time_fn runs ahead of each call."""
+    def run():
+        fn()
+    run.before = before
+    return run
+
+
 def time_fn(fn, device, warmup, repeat):
     """Median / min / max seconds of single calls, synchronised, after warm-up.
-    CLOCK is wall time, or the process's CPU time under --clock cpu."""
+    CLOCK is wall time, or the process's CPU time under --clock cpu. A
+    ``fn.before`` runs untimed ahead of every call."""
+    before = getattr(fn, "before", lambda: None)
     for _ in range(warmup):
+        before()
         fn()
     sync(device)
     samples = []
     for _ in range(repeat):
+        before()
         sync(device)
         t0 = CLOCK()
         fn()
@@ -218,15 +235,20 @@ def _reset_peak_rss():
         return False
 
 
+_LIBC = None
+
+
 def exact_malloc_accounting():
     """Make glibc mmap every block >= 64 KiB and return freed memory, so that
     RSS growth during a call counts the call's allocations. Slows repeated
     mid-size allocations, so it is switched on only after all timing."""
     try:
+        global _LIBC
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 64 * 1024)   # M_MMAP_THRESHOLD (also fixes it: no dynamic raise)
         libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
         libc.malloc_trim(0)
+        _LIBC = libc
         return True
     except (OSError, AttributeError):
         return False
@@ -242,6 +264,8 @@ def peak_extra_bytes(fn, device):
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)  # free heap blocks stop being resident: reuse shows as growth
     if not _reset_peak_rss():
         return None
     base = _proc_status_kib("VmRSS")
@@ -318,21 +342,36 @@ def build_case(case, params, grads, device):
         run.opt = opt
         return run, {}
     if case == "b":
-        opt = event_mgpp(with_grads(params, grads))
-        return opt.step, {}
+        # Events on even steps. Each timed event follows an untimed non-event
+        # step, as in training: the weights pruned at the last event have moved
+        # off exact zero (so the kernel computes their prior in full).
+        opt = event_mgpp(with_grads(params, grads), prune_interval=2)
+        opt.step()  # t = 0: the first event
+        run = _with_before(opt.step, opt.step)
+        run.opt = opt
+        return run, {}
     if case == "c":
         opt, impl = adamw(with_grads(params, grads))
         return opt.step, {"adamw_impl": impl}
     if case == "d":
         step = AuthorsEventStep(with_grads(params, grads, clone_grads=True))
         step.step()  # AdamW state allocated outside the timing, as for (b) and (c)
-        return step.step, {}
+        run = _with_before(step.step, lambda: step.step(prune=False))
+        run.authors = step
+        return run, {}
     k = math.floor(SPARSITY * sum(p.numel() for p in params))
     if case == "e1":
         return (lambda: ops.global_threshold(params, k)), {}
     if case == "e2":
         return (lambda: kthvalue_threshold(params, k)), {}
     raise ValueError(case)
+
+
+def expected_alternating(opt, calls):
+    """Untimed non-event step, then a timed event, ``calls`` times."""
+    sch, t = opt.schedule, opt.current_step
+    return all(sch.is_event(s) == ((s - t) % 2 == 1) and sch.prior_active(s)
+               for s in range(t, t + 2 * calls))
 
 
 def expected_nonevent(opt, calls):
@@ -344,11 +383,20 @@ def bench_size(shapes, dtype, device, warmup, repeat, do_breakdown):
     params, grads = make_tensors(shapes, dtype, device)
     n = sum(p.numel() for p in params)
     row = dict(numel=n, tensors=len(shapes), cases={})
-    row["check"] = check_correctness(params, grads, device, dtype)
+    # The check holds three copies of the weights and the reference's
+    # temporaries: on large sets it runs on the leading tensors only.
+    m, total = 0, 0
+    while m < len(params) and (m == 0 or total + params[m].numel() <= CHECK_LIMIT):
+        total += params[m].numel()
+        m += 1
+    row["check"] = check_correctness(params[:m], grads[:m], device, dtype)
+    row["check"]["numel_checked"] = total
     for case in CASES:
         fn, notes = build_case(case, params, grads, device)
         if case in ("a", "a90") and not expected_nonevent(fn.opt, warmup + repeat):
             raise AssertionError("(a): the schedule would put an event among the timed steps")
+        if case == "b" and not expected_alternating(fn.opt, warmup + repeat):
+            raise AssertionError("(b): the timed steps must be events, the untimed ones not")
         row["cases"][case] = dict(time_fn(fn, device, warmup, repeat), **notes)
         del fn
         gc.collect()
@@ -363,7 +411,10 @@ def memory_size(shapes, dtype, device):
     out = {}
     for case in CASES:
         fn, _ = build_case(case, params, grads, device)
+        before = getattr(fn, "before", lambda: None)
+        before()
         fn()  # state exists; the measured call allocates only its temporaries
+        before()
         out[case] = peak_extra_bytes(fn, device)
         del fn
         gc.collect()
@@ -505,7 +556,8 @@ def print_size(label, row, elt, copy_bw):
           f"(d)/(b) = {ratios['d_over_b']:.1f} (target >= 20: {ok(ratios['d_over_b'] >= 20)})   "
           f"(e2)/(e1) = {ratios['e2_over_e1']:.1f}   (b)/(a) = {ratios['b_over_a']:.2f}")
     ck = row["check"]
-    print(f"check: fused tau == reference tau bitwise at 2 event steps (tau = {ck['step1']['tau']:.6g}); "
+    print(f"check ({ck['numel_checked']:,} weights): fused tau == reference tau bitwise at 2 event "
+          f"steps (tau = {ck['step1']['tau']:.6g}); "
           f"(d) max |param diff| vs reference {ck['step1']['authors_max_param_diff']:.2g}; "
           f"global_threshold == kthvalue bitwise")
     if "breakdown" in row:
@@ -564,7 +616,8 @@ def main(argv=None):
     if device.type == "cpu" and load > 0.5 * (os.cpu_count() or 1):
         print(f"WARNING: load average {load:.1f} on {os.cpu_count()} CPUs: other processes "
               "compete for the cores and memory bandwidth; CPU timings will be noisy")
-    copy_bw = copy_bandwidth(device, 1 << 30 if device.type == "cuda" else 1 << 28, warmup, repeat)
+    # 1 GiB: beyond the last-level cache (this CPU reports 480 MiB of L3).
+    copy_bw = copy_bandwidth(device, 1 << 30, warmup, repeat)
     print(f"copy_ bandwidth (bytes read + written / s): {copy_bw / 1e9:.1f} GB/s")
 
     rows = {}
