@@ -56,7 +56,8 @@ def extension():
     extra = {"cxx": cxx}
     if _want_cuda():
         sources += rel("csrc/cuda/*.cu")
-        extra["nvcc"] = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "-std=c++20",  # torch 2.11+ headers expect C++20
+                         "--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension("mgpp_ext._C", sources, extra_compile_args=extra,
                              include_dirs=[os.path.join(HERE, "csrc")],
                              extra_link_args=["-fopenmp"] if "-fopenmp" in cxx else [])

@@ -197,8 +197,11 @@ def test_select_bin(device):
     low[7], low[9] = 1, 5
     ops.select_bin_(low.to(device), state, 1)
     assert int(state[2]) == (0x3F80 << 16) | 9
-    with pytest.raises(RuntimeError, match="select_state"):
-        ops.select_bin_(hist, ops.new_select_state(11, device), 0)  # only 10 elements
+    if device == "cpu":
+        # A GPU kernel cannot raise without a host sync; there select_bin_
+        # clamps an out-of-range rank and global_threshold checks k on the host.
+        with pytest.raises(RuntimeError, match="select_state"):
+            ops.select_bin_(hist, ops.new_select_state(11, device), 0)  # only 10 elements
 
 
 def select(tensors, k):

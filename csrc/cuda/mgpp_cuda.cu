@@ -185,8 +185,9 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
                 num_examples);
     TORCH_CHECK(lambda_mix > 0 && lambda_mix < 1, op,
                 ": 'lambda_mix' must be in (0, 1), got ", lambda_mix);
-    TORCH_CHECK(sigma0_sq > 0 && sigma1_sq > sigma0_sq, op,
-                ": need 0 < 'sigma0_sq' < 'sigma1_sq', got ", sigma0_sq,
+    TORCH_CHECK(sigma0_sq >= 1e-38 && sigma1_sq > sigma0_sq, op,
+                ": need 1e-38 <= 'sigma0_sq' < 'sigma1_sq' (1/sigma0_sq must be finite "
+                "in float32), got ", sigma0_sq,
                 " and ", sigma1_sq);
   }
   const at::ScalarType param_type = params[0].scalar_type();
