@@ -22,7 +22,12 @@ def free_port():
 
 
 def spawn(fn, *args):
-    mp.spawn(fn, args=(2, free_port(), *args), nprocs=2, join=True)
+    # A free port found here can be taken before gloo binds it, and gloo then
+    # aborts the process: start once more on a new port in that case only.
+    try:
+        mp.spawn(fn, args=(2, free_port(), *args), nprocs=2, join=True)
+    except mp.ProcessExitedException:
+        mp.spawn(fn, args=(2, free_port(), *args), nprocs=2, join=True)
 
 
 def test_ddp_matches_single_process(tmp_path):
