@@ -75,7 +75,9 @@ def save_sparse(model, path, *, min_sparsity=0.5, metadata=None):
         nbytes = t.numel() * t.element_size()
         dense_bytes += nbytes
         if t.is_floating_point() and t.numel() > 0:
-            nz = t != 0
+            # Non-zero by bit pattern, so that -0.0 is kept as a value and
+            # the round trip is bitwise.
+            nz = t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]) != 0
             sparsity = 1.0 - nz.sum().item() / t.numel()
             if sparsity >= min_sparsity:
                 out[name + _BITMASK] = pack_mask(nz)
