@@ -6,9 +6,9 @@
 
 Runs on CPU with the gloo backend (``--backend nccl`` on GPUs). Under FSDP2
 (``fully_shard``) every rank holds a shard of each weight; ``MGPP`` steps the
-local shards and, at each pruning event, all-reduces two 65,536-bin int64
-histograms (1 MiB in all) so that every rank applies the same exact global
-threshold. Under DDP every rank holds the whole model and the gradients are
+local shards and, at each pruning event, all-reduces two 65,536-bin
+histograms (int32 below 2^31 prunable weights: 512 KiB in all) so that every
+rank applies the same exact global threshold. Under DDP every rank holds the whole model and the gradients are
 already averaged: MGPP needs no communication at all.
 """
 from __future__ import annotations
@@ -34,10 +34,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ddp", action="store_true", help="DistributedDataParallel instead of FSDP2")
     p.add_argument("--backend", default="gloo")
-    p.add_argument("--epochs", type=float, default=1.0)
+    # The defaults are those of examples/finetune_prune.py (the main demo).
+    p.add_argument("--epochs", type=float, default=6.0)
     p.add_argument("--batch-size", type=int, default=32, help="global batch size")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--max-train-examples", type=int, default=1600)
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    p.add_argument("--lr-warmup", type=float, default=0.06, help="fraction of steps of linear LR warm-up")
+    p.add_argument("--prune-warmup", type=float, default=1.0, help="epochs before the first pruning event")
+    p.add_argument("--final-finetune", type=float, default=1.5, help="epochs with the final mask fixed")
+    p.add_argument("--prune-interval", type=int, default=10)
+    p.add_argument("--max-train-examples", type=int, default=None)
     p.add_argument("--target-sparsity", type=float, default=0.9)
     p.add_argument("--sigma1-sq", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=48)
@@ -53,9 +58,13 @@ def main():
 
     examples, labels = data.load_trec("coarse")
     train_set, val_set, test_set = data.split(examples, seed=0)
-    train_set = train_set[: args.max_train_examples]
+    if args.max_train_examples:
+        train_set = train_set[: args.max_train_examples]
     torch.manual_seed(args.seed)  # the same new classifier head on every rank
     model, tok = data.load_minilm_classifier(len(labels))
+    # As in the demo: the 30,522-row word embedding stays frozen (it is not
+    # pruned, and training it would dominate the step on CPU).
+    model.get_input_embeddings().weight.requires_grad_(False)
     model.to(device)
     train_ds = data.encode(tok, train_set, args.max_length)
     test_ds = data.encode(tok, test_set, args.max_length)
@@ -78,9 +87,13 @@ def main():
     steps_per_epoch = len(train_ds) // args.batch_size
     total = max(4, int(args.epochs * steps_per_epoch))
     opt = mgpp_ext.MGPP(groups, lr=args.lr, total_steps=total, num_train_examples=len(train_ds),
-                        target_sparsity=args.target_sparsity, initial_warmup_steps=total // 5,
-                        final_finetune_steps=total // 4, prune_interval=5, sigma1_sq=args.sigma1_sq)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / total))
+                        target_sparsity=args.target_sparsity,
+                        initial_warmup_steps=int(args.prune_warmup * steps_per_epoch),
+                        final_finetune_steps=int(args.final_finetune * steps_per_epoch),
+                        prune_interval=args.prune_interval, sigma1_sq=args.sigma1_sq)
+    warm = max(1, int(round(args.lr_warmup * total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: (t + 1) / warm if t < warm else max(0.0, (total - t) / max(1, total - warm)))
 
     g = torch.Generator().manual_seed(args.seed)  # the same global order on every rank
     order = torch.cat([torch.randperm(len(train_ds), generator=g) for _ in range(math.ceil(args.epochs) + 1)])
@@ -118,7 +131,7 @@ def main():
         print(f"ranks: {world} ({'DDP' if args.ddp else 'FSDP2'}, {args.backend}), steps: {total}, "
               f"train/test examples: {len(train_ds)}/{len(test_ds)}")
         print(f"pruning events: {opt.schedule_state()['events']}, "
-              f"histogram all-reduce per event: {2 * mgpp_ext.ops.HIST_BINS * 8} bytes"
+              f"histogram all-reduce per event: {2 * mgpp_ext.ops.HIST_BINS * 4} bytes"
               + (" (none needed under DDP)" if args.ddp else ""))
         print(f"final sparsity: {sparsity:.4f}")
         print(f"test accuracy (pruned): {correct.item() / len(y):.4f}")

@@ -7,10 +7,11 @@ sparsity schedule and prunes with one exact global magnitude threshold
 kernels; ``mgpp_ext.reference`` holds the plain-PyTorch specification.
 """
 from . import export, ops
+from .baselines import GMP, PLATON
 from .export import sparsity_report
 from .optimizer import MGPP
 from .schedule import Schedule
 from .selection import prunable_param_groups
 
-__all__ = ["MGPP", "Schedule", "export", "ops", "prunable_param_groups", "sparsity_report"]
+__all__ = ["GMP", "MGPP", "PLATON", "Schedule", "export", "ops", "prunable_param_groups", "sparsity_report"]
 __version__ = "0.1.0"

@@ -51,26 +51,34 @@ class MGPP(torch.optim.Optimizer):
             before anything is changed; ``"skip"`` skips such a step without
             advancing the schedule. (``torch.amp.GradScaler`` skips those
             steps itself before calling ``step``.)
-        process_group: for parameters sharded by hand across ranks (each
-            rank holds a different piece of every prunable tensor): the
-            group whose pieces together make the model. FSDP2 (DTensor)
-            parameters need nothing: their mesh is used. Under DDP every
-            rank holds the whole model and no communication is needed.
 
-    Distributed runs: each rank steps its local shard with the fused
-    kernel; on event steps the two 65,536-bin int64 histograms (512 KiB
-    each) are all-reduced, so every rank finds the same exact global
-    threshold. That is the only extra communication: 1 MiB per event,
-    whatever the model size, plus one scalar all-reduce per step to agree
-    on skipping a step with non-finite gradients.
+    Distributed runs need no option. Under DDP every rank holds the whole
+    model and takes the same step. FSDP2 (DTensor) parameters carry their
+    device mesh: each rank steps its local shard with the fused kernel; on event steps the two 65,536-bin histograms of the radix
+    select are all-reduced, so every rank finds the same exact global
+    threshold. They travel as int32 (256 KiB each, 512 KiB per event) while
+    the model has fewer than 2^31 prunable weights (no count can exceed
+    that), as int64 (1 MiB per event) above. That is the only extra
+    communication, whatever the model size. Only ``on_nonfinite="skip"``
+    adds one 4-byte all-reduce per step, so that all ranks skip together;
+    under ``"raise"`` the rank that sees an inf/NaN gradient raises (and
+    ``torchrun`` stops the job).
     """
+
+    #: Name of the method in checkpoints (a checkpoint of one method is
+    #: refused by another).
+    method = "mgpp"
+    #: Whether the spike-and-slab prior gradient is added (GMP turns it off).
+    _prior_on = True
+    #: Whether events threshold |w| (PLATON thresholds its own score).
+    _magnitude_scores = True
 
     def __init__(self, params, lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, *,
                  total_steps, num_train_examples,
                  target_sparsity=0.9, initial_sparsity=0.0,
                  initial_warmup_steps=0, final_finetune_steps=0, prune_interval=100,
                  lambda_mix=0.1, sigma0_sq=1e-10, sigma1_sq=0.05, lambda_anneal=(1.0, 0.001),
-                 on_nonfinite="raise", process_group=None):
+                 on_nonfinite="raise"):
         _check_number("lr", lr, lo=0.0)
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
@@ -101,7 +109,6 @@ class MGPP(torch.optim.Optimizer):
         self.sigma0_sq = float(sigma0_sq)
         self.sigma1_sq = float(sigma1_sq)
         self.on_nonfinite = on_nonfinite
-        self.process_group = process_group
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, prune=None)
         super().__init__(params, defaults)
         self._t = 0  # optimizer steps taken (ALGORITHM.md's t)
@@ -183,8 +190,10 @@ class MGPP(torch.optim.Optimizer):
         sch, t = self.schedule, self._t
         event = sch.is_event(t)
         final = t > sch.t_e
+        self._observe_gradients(t, event)
         device = _local(prunable[0]).device
-        hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device) if event else None
+        want_hist = event and self._magnitude_scores
+        hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device) if want_hist else None
         no_hist = torch.empty(0, dtype=torch.int64, device=device)
         prior_kw = dict(num_examples=self.num_train_examples, lambda_mix=sch.lambda_at(t),
                         sigma0_sq=self.sigma0_sq, sigma1_sq=self.sigma1_sq)
@@ -207,7 +216,7 @@ class MGPP(torch.optim.Optimizer):
                 key = (pruned, _local(p).device, p.dtype, int(state["step"].item()))
                 buckets.setdefault(key, []).append(p)
             for (pruned, dev, _, step), ps in buckets.items():
-                use_hist = pruned and event
+                use_hist = pruned and want_hist
                 ops.mgpp_step_(
                     [_local(p) for p in ps], [_local(p.grad) for p in ps],
                     [_local(self.state[p]["exp_avg"]) for p in ps],
@@ -216,11 +225,11 @@ class MGPP(torch.optim.Optimizer):
                     hist if use_hist else (no_hist if dev == device else torch.empty(0, dtype=torch.int64, device=dev)),
                     lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
                     weight_decay=group["weight_decay"], step=step,
-                    apply_prior=pruned and sch.prior_active(t), **prior_kw)
+                    apply_prior=pruned and self._prior_on and sch.prior_active(t), **prior_kw)
 
         if event:
             missing = [p for p in prunable if p.grad is None]
-            if missing:  # unchanged this step, but they still count in the threshold
+            if missing and want_hist:  # unchanged this step, but they still count in the threshold
                 ops.abs_histogram_([_local(p) for p in missing], ops.new_select_state(1, device), hist, 0)
             self._prune_event(t, prunable, hist)
         self._t += 1
@@ -234,13 +243,7 @@ class MGPP(torch.optim.Optimizer):
         local = [_local(p) for p in prunable]
         masks = [torch.empty_like(p, dtype=torch.bool) for p in local] if final_event else []
         if k > 0:
-            sel = ops.new_select_state(k, hist.device)
-            self._reduce_histogram(hist)
-            ops.select_bin_(hist, sel, 0)
-            hist.zero_()
-            ops.abs_histogram_(local, sel, hist, 1)
-            self._reduce_histogram(hist)
-            ops.select_bin_(hist, sel, 1)
+            sel = self._global_select(local, k, n_total, hist)
             ops.apply_threshold_(local, sel, masks)
             self._threshold = ops.threshold_from_select_state(sel)
         else:
@@ -252,10 +255,32 @@ class MGPP(torch.optim.Optimizer):
             for p, m in zip(prunable, masks):
                 self.state[p]["mask"] = _like_param(m, p)
 
+    def _observe_gradients(self, t, event):
+        """Called once per taken step, after the finite check and before the
+        update, with the gradients and weights of step ``t``. MGPP needs
+        nothing here; importance-score methods accumulate their scores."""
+
+    def _global_select(self, local, k, n_total, hist=None):
+        """Exact radix select of the k-th smallest |x| over ``local`` (this
+        rank's pieces of every scored tensor), summed over the shard group.
+
+        ``hist`` is the level-0 histogram when the fused step already built
+        it. Returns the select state (see ``ops.new_select_state``)."""
+        device = local[0].device
+        sel = ops.new_select_state(k, device)
+        if hist is None:
+            hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+            ops.abs_histogram_(local, sel, hist, 0)
+        self._reduce_histogram(hist, n_total)
+        ops.select_bin_(hist, sel, 0)
+        hist.zero_()
+        ops.abs_histogram_(local, sel, hist, 1)
+        self._reduce_histogram(hist, n_total)
+        ops.select_bin_(hist, sel, 1)
+        return sel
+
     def _shard_groups(self):
         """Process groups across which the prunable tensors are split."""
-        if self.process_group is not None:
-            return [self.process_group]
         for _, _, p in self._prunable():
             if _is_dtensor(p):
                 from torch.distributed.tensor import Shard
@@ -264,10 +289,20 @@ class MGPP(torch.optim.Optimizer):
                 return [mesh.get_group(i) for i, pl in enumerate(p.placements) if isinstance(pl, Shard)]
         return []
 
-    def _reduce_histogram(self, hist):
-        """Sum ``hist`` over the ranks that hold pieces of the model, in place."""
-        for group in self._shard_groups():
-            torch.distributed.all_reduce(hist, op=torch.distributed.ReduceOp.SUM, group=group)
+    def _reduce_histogram(self, hist, n_total):
+        """Sum ``hist`` over the ranks that hold pieces of the model, in place.
+
+        ``n_total`` is the global number of prunable weights: no bin can count
+        more, so below 2^31 the sum is exact in int32 and half the bytes travel.
+        """
+        groups = self._shard_groups()
+        if not groups:
+            return
+        wire = hist.to(torch.int32) if n_total < 2 ** 31 else hist
+        for group in groups:
+            torch.distributed.all_reduce(wire, op=torch.distributed.ReduceOp.SUM, group=group)
+        if wire is not hist:
+            hist.copy_(wire)
 
     def _check_prunable(self, prunable):
         shapes = [tuple(p.shape) for p in prunable]
@@ -294,8 +329,11 @@ class MGPP(torch.optim.Optimizer):
             g = _local(g)
             by_device.setdefault(g.device, []).append(g)
         ok = all(bool(ops.all_finite(gs)) for gs in by_device.values())
-        groups = self._shard_groups()
-        if groups:  # every rank must take or skip the step together
+        # Under "skip" every rank must take or skip the step together; under
+        # "raise" the rank that sees the inf/NaN raises on its own, so a clean
+        # step costs no communication.
+        groups = self._shard_groups() if self.on_nonfinite == "skip" else []
+        if groups:
             flag = torch.tensor([int(ok)], dtype=torch.int32,
                                 device=_local(self._prunable()[0][2]).device)
             for group in groups:
@@ -361,8 +399,16 @@ class MGPP(torch.optim.Optimizer):
 
     # -- checkpoints ----------------------------------------------------------
     def _hyper(self):
-        return dict(schedule=self.schedule.as_dict(), num_train_examples=self.num_train_examples,
+        return dict(method=self.method, schedule=self.schedule.as_dict(),
+                    num_train_examples=self.num_train_examples,
                     sigma0_sq=self.sigma0_sq, sigma1_sq=self.sigma1_sq)
+
+    def _extra_record(self):
+        """Method-specific scalars saved in the checkpoint record."""
+        return {}
+
+    def _load_extra_record(self, extra):
+        pass
 
     def state_dict(self):
         """torch's optimizer state dict; every param group also carries, under
@@ -373,7 +419,7 @@ class MGPP(torch.optim.Optimizer):
         record = json.dumps(dict(
             t=self._t, events=self._events, skipped=self._skipped, last_k=self._last_k,
             threshold=self.last_threshold, hyper=self._hyper(),
-            shapes=[list(s) for s in self._shapes]))
+            shapes=[list(s) for s in self._shapes], extra=self._extra_record()))
         for group in sd["param_groups"]:
             group["mgpp"] = record
         return sd
@@ -389,6 +435,10 @@ class MGPP(torch.optim.Optimizer):
         mine = json.loads(json.dumps(self._hyper()))
         flat_saved = {**saved.get("schedule", {}), **{k: v for k, v in saved.items() if k != "schedule"}}
         flat_mine = {**mine["schedule"], **{k: v for k, v in mine.items() if k != "schedule"}}
+        if saved.get("method") != self.method:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: the checkpoint is of method "
+                f"{saved.get('method')!r}, this optimizer is {self.method!r}")
         for key in flat_mine:
             if flat_saved.get(key) != flat_mine[key]:
                 raise ValueError(
@@ -415,6 +465,7 @@ class MGPP(torch.optim.Optimizer):
         th = extra["threshold"]
         self._threshold = None if th is None else torch.tensor(
             th, dtype=torch.float32, device=_local(self._prunable()[0][2]).device)
+        self._load_extra_record(extra.get("extra", {}))
 
     def _check_state_shapes(self, state_dict):
         """torch zips saved state to params by order; refuse a silent misalignment."""
@@ -429,11 +480,11 @@ class MGPP(torch.optim.Optimizer):
             st = state_dict["state"].get(i)
             if st is None:
                 continue
-            for key in ("exp_avg", "exp_avg_sq", "mask"):
-                if key in st and tuple(st[key].shape) != tuple(p.shape):
+            for key, v in st.items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != tuple(p.shape):
                     raise ValueError(
                         f"MGPP.load_state_dict: saved '{key}' of param {i} has shape "
-                        f"{tuple(st[key].shape)} but the param has shape {tuple(p.shape)} "
+                        f"{tuple(v.shape)} but the param has shape {tuple(p.shape)} "
                         "(different model or parameter order)")
 
 

@@ -53,14 +53,21 @@ class ReferenceMGPP:
     """MGPP over a list of tensors, one step per call, gradients from ``.grad``.
 
     ``prune[i]`` says whether ``params[i]`` is prunable. Hyper-parameters as
-    in ``mgpp_ext.MGPP``.
+    in ``mgpp_ext.MGPP``. ``method`` selects the baselines of ALGORITHM.md
+    section 2 on the same schedule: ``"gmp"`` (no prior) and ``"platon"``
+    (no prior; the threshold is on the importance score, with
+    ``importance_betas``).
     """
 
     def __init__(self, params, prune, *, lr=5e-5, betas=(0.9, 0.98), eps=1e-6,
                  weight_decay=0.0, total_steps, num_train_examples,
                  target_sparsity=0.9, initial_sparsity=0.0, initial_warmup_steps=0,
                  final_finetune_steps=0, prune_interval=100, lambda_mix=0.1,
-                 sigma0_sq=1e-10, sigma1_sq=0.05, lambda_anneal=(1.0, 0.001)):
+                 sigma0_sq=1e-10, sigma1_sq=0.05, lambda_anneal=(1.0, 0.001),
+                 method="mgpp", importance_betas=(0.85, 0.95)):
+        if method not in ("mgpp", "gmp", "platon"):
+            raise ValueError(f"method must be 'mgpp', 'gmp' or 'platon', got {method!r}")
+        self.method = method
         self.params = list(params)
         self.prune = list(prune)
         self.lr, (self.beta1, self.beta2), self.eps, self.wd = lr, betas, eps, weight_decay
@@ -77,6 +84,12 @@ class ReferenceMGPP:
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.final_mask = None
         self.last_threshold = None
+        # PLATON: window sum of |theta * grad|, its EMA Ibar and uncertainty U.
+        self.b1_ipt, self.b2_ipt = importance_betas
+        self.ipt_sum = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.ipt_bar = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.ipt_unc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.window = 0
 
     def is_event(self, t):
         return t == self.t_s or t == self.t_e or (self.t_s < t < self.t_e and t % self.interval == 0)
@@ -85,7 +98,9 @@ class ReferenceMGPP:
     def step(self, lr=None):
         t = self.t
         lr = self.lr if lr is None else lr
-        prior_on = t <= self.t_e
+        prior_on = t <= self.t_e and self.method == "mgpp"
+        if self.method == "platon" and t <= self.t_e:
+            self._update_importance(t)
         lam_t = lambda_annealed(t, self.t_s, self.t_e, self.lam, self.alpha_i, self.alpha_f)
         for i, p in enumerate(self.params):
             if p.grad is None:
@@ -119,17 +134,38 @@ class ReferenceMGPP:
             self._prune_event(t)
         self.t += 1
 
+    def _update_importance(self, t):
+        """PLATON: I = |theta * grad| before the update, averaged over a window
+        that ends at every multiple of the interval and at every event."""
+        for i, p in enumerate(self.params):
+            if self.prune[i] and p.grad is not None:
+                self.ipt_sum[i] += (p.float() * p.grad.float()).abs()
+        self.window += 1
+        if self.is_event(t) or t % self.interval == 0:
+            for i in range(len(self.params)):
+                if not self.prune[i]:
+                    continue
+                ipt = self.ipt_sum[i] / self.window
+                self.ipt_bar[i] = self.b1_ipt * self.ipt_bar[i] + (1 - self.b1_ipt) * ipt
+                self.ipt_unc[i] = self.b2_ipt * self.ipt_unc[i] + (1 - self.b2_ipt) * (ipt - self.ipt_bar[i]).abs()
+                self.ipt_sum[i].zero_()
+            self.window = 0
+
     def _prune_event(self, t):
         pruned = [p for p, flag in zip(self.params, self.prune) if flag]
+        if self.method == "platon":
+            scores = [self.ipt_bar[i] * self.ipt_unc[i] for i, f in enumerate(self.prune) if f]
+        else:
+            scores = [p.float().abs() for p in pruned]
         n_total = sum(p.numel() for p in pruned)
         s_t = cubic_sparsity(t, self.t_s, self.t_e, self.s_i, self.s_f)
         k = math.floor(s_t * n_total)
         masks = []
         if k > 0:
-            tau = global_threshold(pruned, k)
+            tau = global_threshold(scores, k)
             self.last_threshold = tau.item()
-            for p in pruned:
-                keep = p.float().abs() > tau  # ties at tau are all pruned
+            for p, score in zip(pruned, scores):
+                keep = score > tau  # ties at tau are all pruned
                 p.copy_(torch.where(keep, p, torch.zeros_like(p)))
                 masks.append(keep)
         else:

@@ -23,13 +23,34 @@ def batches(steps, batch=8, seed=1):
             for _ in range(steps)]
 
 
-def train(model, opt, data, rank=0, world=1, record=None):
+def counted_step(opt, comm):
+    """opt.step(), appending to ``comm`` the bytes its collectives sent."""
+    sent = 0
+    real = dist.all_reduce
+
+    def all_reduce(tensor, *args, **kwargs):
+        nonlocal sent
+        sent += tensor.numel() * tensor.element_size()
+        return real(tensor, *args, **kwargs)
+
+    dist.all_reduce = all_reduce
+    try:
+        opt.step()
+    finally:
+        dist.all_reduce = real
+    comm.append(sent)
+
+
+def train(model, opt, data, rank=0, world=1, record=None, comm=None):
     for x, y in data:
         per = x.shape[0] // world
         xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
         loss = torch.nn.functional.cross_entropy(model(xs), ys)
         loss.backward()
-        opt.step()
+        if comm is not None:
+            counted_step(opt, comm)
+        else:
+            opt.step()
         opt.zero_grad()
         if record is not None:
             record.append(opt.last_threshold)
@@ -82,9 +103,9 @@ def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None):
 
         model, opt = build()
         data = batches(HYPER["total_steps"])
-        thresholds = []
+        thresholds, comm = [], []
         if resume_at is None:
-            train(model, opt, data, rank, world, thresholds)
+            train(model, opt, data, rank, world, thresholds, comm)
         else:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -102,7 +123,9 @@ def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None):
         state = {k: v.full_tensor() for k, v in model.state_dict().items()}
         masks = [opt.state[p]["mask"].full_tensor() for _, _, p in opt._prunable()]
         sparsity = opt.sparsity()["overall"]
-        torch.save({"state": state, "thresholds": thresholds, "masks": masks, "sparsity": sparsity},
+        events = [opt.schedule.is_event(t) for t in range(HYPER["total_steps"])]
+        torch.save({"state": state, "thresholds": thresholds, "masks": masks, "sparsity": sparsity,
+                    "comm": comm, "events": events},
                    os.path.join(out_dir, f"fsdp{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -68,6 +68,9 @@ def test_fsdp2_training_matches_single_process(tmp_path):
             assert abs(a - b) <= 1e-5 * max(abs(b), 1e-6)
     # the sharded final mask, gathered, is the zero pattern of the weights
     assert r0["sparsity"] == r1["sparsity"] >= 0.74
+    # The optimizer's only communication: two int32 histograms per event.
+    for r in (r0, r1):
+        assert r["comm"] == [2 * 65536 * 4 if e else 0 for e in r["events"]], r["comm"]
 
 
 def test_fsdp2_resume_from_distributed_checkpoint(tmp_path):
