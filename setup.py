@@ -46,11 +46,22 @@ def extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # -ffp-contract=off: no silent fused multiply-adds, so the kernel rounds
     # like the eager reference it is tested against.
-    cxx = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden"]
-    if platform.machine() in ("x86_64", "AMD64") and _cpu_has("avx2") and _cpu_has("fma"):
-        # at::vec picks its AVX2 implementation from these macros; the build
-        # machine is the machine that runs the kernels.
+    cxx = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden",
+           "-Wno-unknown-pragmas"]  # torch's vec512 headers carry nvcc-only pragmas
+    # at::vec picks its implementation from the CPU_CAPABILITY macros; the
+    # build machine is the machine that runs the kernels (an editable or
+    # local install), so its widest vectors are used. MGPP_CPU_ARCH=avx2 or
+    # =generic builds for an older CPU.
+    arch = os.environ.get("MGPP_CPU_ARCH", "native")
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    avx512 = all(_cpu_has(f) for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"))
+    if x86 and arch == "native" and avx512:
+        cxx += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    elif x86 and arch in ("native", "avx2") and _cpu_has("avx2") and _cpu_has("fma"):
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    elif arch not in ("native", "avx2", "generic"):
+        raise SystemExit(f"MGPP_CPU_ARCH must be native, avx2 or generic, got {arch!r}")
     if torch.backends.openmp.is_available():
         cxx += ["-fopenmp"]
     extra = {"cxx": cxx}

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Table and plots from the quality grid's results file.
+
+    python benchmarks/quality/report.py        # writes results.md, accuracy_vs_sparsity.png,
+                                               # sensitivity.png next to results.json
+
+Points with fewer than the planned 3 seeds are shown with the number of
+seeds they have (n); missing points are left out, never filled in.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+METHOD_NAMES = {"dense": "dense AdamW", "gmp": "GMP", "platon": "PLATON", "mgpp": "MGPP"}
+
+
+def _mean_std(values):
+    if len(values) == 1:
+        return values[0], 0.0
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def summarise(runs):
+    """{(task, method, sparsity): [records]} of the grid (sensitivity runs apart)."""
+    table = defaultdict(list)
+    for r in runs:
+        if r.get("study") == "sensitivity":
+            continue
+        table[(r["task"], r["method"], r["sparsity"])].append(r)
+    return table
+
+
+def markdown(runs, meta):
+    table = summarise(runs)
+    lines = []
+    trec = {k: v for k, v in table.items() if k[0] == "trec"}
+    if trec:
+        any_rec = next(iter(trec.values()))[0]
+        s = any_rec["splits"]
+        lines.append(f"TREC-6 (train {s['train']} / val {s['val']} / test {s['test']}), test accuracy, "
+                     "mean +- std over seeds (n = seeds run):\n")
+        sparsities = sorted({k[2] for k in trec if k[1] != "dense"})
+        lines.append("| method | " + " | ".join(f"{x:.0%}" for x in sparsities) + " |")
+        lines.append("|---|" + "---|" * len(sparsities))
+        if ("trec", "dense", 0.0) in trec:
+            m, sd = _mean_std([r["test_accuracy"] for r in trec[("trec", "dense", 0.0)]])
+            n = len(trec[("trec", "dense", 0.0)])
+            lines.append(f"| dense AdamW (0%) | {m:.4f} +- {sd:.4f} (n={n}) |" + " |" * (len(sparsities) - 1))
+        for method in ("gmp", "platon", "mgpp"):
+            cells = []
+            for x in sparsities:
+                recs = trec.get(("trec", method, x), [])
+                if recs:
+                    m, sd = _mean_std([r["test_accuracy"] for r in recs])
+                    cells.append(f"{m:.4f} +- {sd:.4f} (n={len(recs)})")
+                else:
+                    cells.append("not run")
+            lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    spam = {k: v for k, v in table.items() if k[0] == "spam"}
+    if spam:
+        s = next(iter(spam.values()))[0]["splits"]
+        lines.append(f"SMS spam (train {s['train']} / val {s['val']} / test {s['test']}), test F1 of the "
+                     "spam class at 90% sparsity (dense: 0%):\n")
+        lines.append("| method | test F1 | test accuracy |")
+        lines.append("|---|---|---|")
+        for method in ("dense", "gmp", "platon", "mgpp"):
+            recs = spam.get(("spam", method, 0.0 if method == "dense" else 0.9), [])
+            if recs:
+                f, fs = _mean_std([r["test_f1"] for r in recs])
+                a, as_ = _mean_std([r["test_accuracy"] for r in recs])
+                lines.append(f"| {METHOD_NAMES[method]} | {f:.4f} +- {fs:.4f} (n={len(recs)}) | "
+                             f"{a:.4f} +- {as_:.4f} |")
+        lines.append("")
+    sens = [r for r in runs if r.get("study") == "sensitivity"]
+    if sens:
+        base = [r for r in runs if r["key"] == "trec/mgpp/0.9/seed0"]
+        lines.append("MGPP prior sensitivity, TREC-6 at 90%, seed 0, VALIDATION accuracy "
+                     f"(base: sigma0_sq {meta['mgpp_prior']['sigma0_sq']:g}, sigma1_sq "
+                     f"{meta['mgpp_prior']['sigma1_sq']:g}, lambda {meta['mgpp_prior']['lambda_mix']:g}):\n")
+        lines.append("| varied | value | val accuracy |")
+        lines.append("|---|---|---|")
+        if base:
+            lines.append(f"| (base) | | {base[0]['val_accuracy']:.4f} |")
+        for r in sorted(sens, key=lambda r: (list(r["prior"])[0], list(r["prior"].values())[0])):
+            (name, value), = r["prior"].items()
+            lines.append(f"| {name} | {value:g} | {r['val_accuracy']:.4f} |")
+        lines.append("")
+    total = sum(r["train_seconds"] for r in runs)
+    devices = sorted({r.get("device", "?") for r in runs})
+    lines.append(f"{len(runs)} runs, {total / 3600:.2f} h of training on {', '.join(devices)}.")
+    return "\n".join(lines)
+
+
+def plot(runs, meta, out_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summarise(runs)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, marker in (("gmp", "s"), ("platon", "^"), ("mgpp", "o")):
+        pts = sorted((k[2], v) for k, v in table.items() if k[0] == "trec" and k[1] == method)
+        if not pts:
+            continue
+        xs = [x for x, _ in pts]
+        stats = [_mean_std([r["test_accuracy"] for r in v]) for _, v in pts]
+        ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker=marker,
+                    capsize=3, label=METHOD_NAMES[method])
+    dense = table.get(("trec", "dense", 0.0))
+    if dense:
+        m, _ = _mean_std([r["test_accuracy"] for r in dense])
+        ax.axhline(m, color="gray", linestyle="--", label=f"dense ({m:.3f})")
+    ax.set_xlabel("sparsity of the prunable weights")
+    ax.set_ylabel("TREC-6 test accuracy")
+    ax.set_title("MiniLM-L6 on TREC-6: accuracy vs sparsity (mean +- std over seeds)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_vs_sparsity.png", dpi=120)
+    plt.close(fig)
+
+    sens = [r for r in runs if r.get("study") == "sensitivity"]
+    base = [r for r in runs if r["key"] == "trec/mgpp/0.9/seed0"]
+    if sens:
+        names = ["sigma1_sq", "sigma0_sq", "lambda_mix"]
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
+        for ax, name in zip(axes, names):
+            pts = [(r["prior"][name], r["val_accuracy"]) for r in sens if name in r["prior"]]
+            if base:
+                pts.append((meta["mgpp_prior"][name], base[0]["val_accuracy"]))
+            pts.sort()
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o")
+            ax.set_xscale("log")
+            ax.set_xlabel(name)
+            ax.set_ylabel("val accuracy")
+            ax.grid(alpha=0.3)
+        fig.suptitle("MGPP prior sensitivity (TREC-6, 90%, validation)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "sensitivity.png", dpi=120)
+        plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--results", type=Path, default=HERE / "results.json")
+    args = p.parse_args(argv)
+    doc = json.loads(args.results.read_text())
+    text = markdown(doc["runs"], doc["meta"])
+    (args.results.parent / "results.md").write_text(text + "\n")
+    plot(doc["runs"], doc["meta"], args.results.parent)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
