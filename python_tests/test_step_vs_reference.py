@@ -407,3 +407,47 @@ def test_reference_dense_params_match_torch_adamw(device):
     """The reference claims "bias correction as torch.optim.AdamW" too."""
     want, got = adamw_vs("reference", device)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("sigma0_sq", [1e-12, 1e-10, 1e-7, 1e-3])
+def test_far_from_zero_shortcut_is_exact(device, sigma0_sq):
+    """Vectors whose weights all sit far out in the slab (or are exact zeros)
+    skip the exp of the prior. Put the same far weights in vectors that also
+    hold one weight near the crossover (which forces the exact formula for the
+    whole vector): their results must be bitwise equal either way."""
+    c1 = math.log(LAM) - math.log1p(-LAM) + 0.5 * math.log(sigma0_sq) - 0.5 * math.log(S1)
+    c2 = 0.5 / sigma0_sq - 0.5 / S1
+    x = math.sqrt(max(-c1 / c2, 1e-30))
+    g = torch.Generator().manual_seed(5)
+    # |p| log-uniform from just above the crossover out to 1: covers the edge
+    # of the shortcut whatever its exact position
+    far = torch.exp(torch.empty(4096).uniform_(math.log(1.0001 * x), 0.0, generator=g))
+    far *= torch.where(torch.rand(4096, generator=g) < 0.5, -1.0, 1.0)
+    far[::37] = 0.0
+    n = far.numel()
+    mixed = far.clone()
+    mixed[::4] = 0.5 * x  # one near weight in every group of 4: no vector is all-far
+    grads = 1e-3 * torch.randn(n, generator=g)
+    def run(p):
+        p = p.to(device, copy=True)
+        m = torch.zeros_like(p)
+        v = torch.zeros_like(p)
+        ops.mgpp_step_([p], [grads.to(device)], [m], [v], [], torch.empty(0, dtype=torch.int64, device=device),
+                       lr=1e-3, beta1=0.9, beta2=0.98, eps=1e-6, weight_decay=0.0, step=1, apply_prior=True,
+                       num_examples=N, lambda_mix=LAM, sigma0_sq=sigma0_sq, sigma1_sq=S1)
+        return p.cpu(), m.cpu()
+    p_far, m_far = run(far)
+    p_mix, m_mix = run(mixed)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[::4] = False
+    assert torch.equal(bits(p_far[keep]), bits(p_mix[keep]))
+    assert torch.equal(bits(m_far[keep]), bits(m_mix[keep]))
+    # and both are the formula: exp_avg = (1 - beta1) * (grad + prior gradient),
+    # in float64 (a shortcut taken too close to zero would be off by ~1e9x)
+    t = far.double()
+    p0 = 1.0 / (1.0 + torch.exp(c1 + c2 * t * t))
+    prior = (t / N) * (p0 / sigma0_sq + (1 - p0) / S1)
+    want = 0.1 * (grads.double() + prior)
+    scale = 0.1 * (grads.double().abs() + prior.abs())  # the sum may cancel: bound by its terms
+    err = (m_far.double() - want).abs()
+    assert bool((err <= 1e-5 * scale + 1e-30).all()), (err / scale).max()
