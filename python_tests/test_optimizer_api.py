@@ -401,3 +401,18 @@ def test_sigma0_sq_below_the_fp32_range(device):
     w.grad = torch.ones_like(w)
     opt.step()
     assert bool(torch.isfinite(w).all()), w
+
+
+def test_prunable_tensors_on_two_devices_refused():
+    """The global threshold needs every prunable tensor on one device; a
+    second device is refused before anything is written (a "meta" tensor
+    stands in for a GPU one, so this runs everywhere)."""
+    a = torch.randn(4, 4, requires_grad=True)
+    b = torch.randn(4, 4, device="meta", requires_grad=True)
+    opt = MGPP([a, b], **SCHED)
+    a.grad = torch.ones_like(a)
+    b.grad = torch.ones_like(b)
+    before = a.detach().clone()
+    with pytest.raises(RuntimeError, match="one device"):
+        opt.step()
+    assert torch.equal(a, before) and opt.current_step == 0

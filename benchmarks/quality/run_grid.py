@@ -64,22 +64,34 @@ SENSITIVITY = ([("sigma1_sq", v) for v in (0.05, 0.2, 5.0, 20.0)]  # 1.0: the gr
 
 
 def points(only=None, seeds=SEEDS):
-    """Every grid point, most informative first (90% before the rest, seed 0 first)."""
+    """Every grid point, most informative first: 90% with the first seed,
+    the prior study, spam with the first seed, the other sparsities, then
+    the remaining seeds (so a partly filled grid is still useful)."""
+    first, rest = seeds[:1], seeds[1:]
+    trec = lambda seed, sparsities: [dict(task="trec", method=m, sparsity=s, seed=seed)  # noqa: E731
+                                     for s in sparsities for m in METHODS]
+    spam = lambda seed: [dict(task="spam", method=m, sparsity=0.0 if m == "dense" else 0.9, seed=seed)  # noqa: E731
+                         for m in ("dense",) + METHODS]
+    dense = lambda seed: [dict(task="trec", method="dense", sparsity=0.0, seed=seed)]  # noqa: E731
+    sens = [dict(task="trec", method="mgpp", sparsity=0.9, seed=seeds[0], prior={name: value},
+                 study="sensitivity") for name, value in SENSITIVITY]
     out = []
-    if only in (None, "trec"):
-        for seed in seeds:
-            out.append(dict(task="trec", method="dense", sparsity=0.0, seed=seed))
-            for s in (0.9, 0.95, 0.8, 0.5):
-                for m in METHODS:
-                    out.append(dict(task="trec", method=m, sparsity=s, seed=seed))
-    if only in (None, "spam"):
-        for seed in seeds:
-            for m in ("dense",) + METHODS:
-                out.append(dict(task="spam", method=m, sparsity=0.0 if m == "dense" else 0.9, seed=seed))
-    if only in (None, "sensitivity"):
-        for name, value in SENSITIVITY:
-            out.append(dict(task="trec", method="mgpp", sparsity=0.9, seed=0, prior={name: value},
-                            study="sensitivity"))
+    for seed in first:
+        if only in (None, "trec", "sensitivity"):
+            out += dense(seed) + trec(seed, (0.9,))
+        if only in (None, "sensitivity"):
+            out += sens
+        if only in (None, "spam"):
+            out += spam(seed)
+        if only in (None, "trec"):
+            out += trec(seed, (0.95, 0.8, 0.5))
+    for seed in rest:
+        if only in (None, "trec"):
+            out += dense(seed) + trec(seed, (0.9, 0.95, 0.8, 0.5))
+        if only in (None, "spam"):
+            out += spam(seed)
+    if only == "sensitivity":  # the study alone needs only its base point
+        out = [p for p in out if p.get("study") or (p["method"] == "mgpp" and p["sparsity"] == 0.9)]
     return out
 
 
