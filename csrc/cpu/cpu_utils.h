@@ -125,6 +125,18 @@ inline void check_cpu_float_list(at::TensorList tensors, const char* op,
   }
 }
 
+// masks[i] must be a CPU bool tensor shaped like tensors[i] (the final mask
+// a kernel reads or writes next to tensors[i]).
+inline void check_cpu_masks(at::TensorList masks, at::TensorList tensors, const char* op) {
+  for (size_t i = 0; i < masks.size(); ++i) {
+    TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == tensors[i].sizes() &&
+                    masks[i].device().is_cpu(),
+                op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
+                tensors[i].sizes(), ", got ", masks[i].scalar_type(), " ",
+                masks[i].sizes(), " on ", masks[i].device());
+  }
+}
+
 inline void check_hist(const at::Tensor& hist, const char* op, bool allow_empty) {
   TORCH_CHECK(hist.scalar_type() == at::kLong && hist.dim() == 1 &&
                   (hist.numel() == 65536 || (allow_empty && hist.numel() == 0)) &&

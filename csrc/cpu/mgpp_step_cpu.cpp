@@ -190,14 +190,8 @@ void check_step_args(at::TensorList params, at::TensorList grads,
                 op, ": entry ", i, " has mismatched shapes: param ", shape,
                 ", grad ", grads[i].sizes(), ", exp_avg ", exp_avgs[i].sizes(),
                 ", exp_avg_sq ", exp_avg_sqs[i].sizes());
-    if (!masks.empty()) {
-      TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == shape &&
-                      masks[i].device().is_cpu(),
-                  op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
-                  shape, ", got ", masks[i].scalar_type(), " ",
-                  masks[i].sizes());
-    }
   }
+  check_cpu_masks(masks, params, op);
   TORCH_CHECK(lr >= 0, op, ": 'lr' must be >= 0, got ", lr);
   TORCH_CHECK(beta1 >= 0 && beta1 < 1, op, ": 'beta1' must be in [0, 1), got ", beta1);
   TORCH_CHECK(beta2 >= 0 && beta2 < 1, op, ": 'beta2' must be in [0, 1), got ", beta2);

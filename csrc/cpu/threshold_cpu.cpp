@@ -154,12 +154,7 @@ void apply_threshold_cpu(at::TensorList tensors, const at::Tensor& select_state,
   TORCH_CHECK(masks.empty() || masks.size() == tensors.size(), op,
               ": 'masks' must be empty or have one mask per tensor (",
               tensors.size(), "), got ", masks.size());
-  for (size_t i = 0; i < masks.size(); ++i) {
-    TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == tensors[i].sizes() &&
-                    masks[i].device().is_cpu(),
-                op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
-                tensors[i].sizes(), ", got ", masks[i].scalar_type(), " ", masks[i].sizes());
-  }
+  check_cpu_masks(masks, tensors, op);
   const uint32_t tau = uint32_t(select_state.data_ptr<int64_t>()[2]);
   std::vector<ContiguousInOut> ts, ms;
   for (const auto& t : tensors) ts.emplace_back(t);
@@ -185,12 +180,7 @@ void apply_mask_cpu(at::TensorList tensors, at::TensorList masks) {
   TORCH_CHECK(masks.size() == tensors.size(), op,
               ": 'masks' must have one mask per tensor (", tensors.size(),
               "), got ", masks.size());
-  for (size_t i = 0; i < masks.size(); ++i) {
-    TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == tensors[i].sizes() &&
-                    masks[i].device().is_cpu(),
-                op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
-                tensors[i].sizes(), ", got ", masks[i].scalar_type(), " ", masks[i].sizes());
-  }
+  check_cpu_masks(masks, tensors, op);
   std::vector<ContiguousInOut> ts;
   std::vector<at::Tensor> ms;
   for (const auto& t : tensors) ts.emplace_back(t);
