@@ -7,22 +7,15 @@ import torch
 
 from mgpp_ext import GMP, MGPP, PLATON
 from mgpp_ext.reference import ReferenceMGPP
-from test_step_vs_reference import DTYPES, EVENTS, SCHEDULE, assert_near, lockstep, make_params, set_grads
+from test_step_vs_reference import (DTYPES, EVENTS, SCHEDULE, assert_near, lockstep, make_groups, make_params,
+                                    set_grads)
 
 ADAM = dict(lr=2e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
 METHODS = {"gmp": GMP, "platon": PLATON}
 
 
 def build(device, dtype, method, **overrides):
-    groups = make_params(device, dtype)
-    flat, flags, opt_groups = [], [], []
-    for prune, ps in groups:
-        group = {"params": ps}
-        if prune is not None:
-            group["prune"] = prune
-        opt_groups.append(group)
-        flat += ps
-        flags += [p.dim() >= 2 if prune is None else prune for p in ps]
+    opt_groups, flat, flags = make_groups(device, dtype)
     kw = {**ADAM, **SCHEDULE, **overrides}
     opt = METHODS[method](opt_groups, **kw)
     ref_params = [p.detach().clone() for p in flat]

@@ -54,17 +54,22 @@ def make_params(device, dtype, seed=0):
     return groups
 
 
-def build(device, dtype, seed=0, **overrides):
-    """(optimizer, its params, reference, its params, prune flags): identical starts."""
-    groups = make_params(device, dtype, seed)
+def make_groups(device, dtype, seed=0):
+    """(optimizer param groups, their tensors in order, each tensor's prune flag)."""
     flat, flags, opt_groups = [], [], []
-    for prune, ps in groups:
+    for prune, ps in make_params(device, dtype, seed):
         group = {"params": ps}
         if prune is not None:
             group["prune"] = prune
         opt_groups.append(group)
         flat += ps
         flags += [p.dim() >= 2 if prune is None else prune for p in ps]
+    return opt_groups, flat, flags
+
+
+def build(device, dtype, seed=0, **overrides):
+    """(optimizer, its params, reference, its params, prune flags): identical starts."""
+    opt_groups, flat, flags = make_groups(device, dtype, seed)
     kw = {**HYPER, **SCHEDULE, **overrides}
     opt = MGPP(opt_groups, **kw)
     ref_params = [p.detach().clone() for p in flat]
