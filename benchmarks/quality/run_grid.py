@@ -210,7 +210,10 @@ def main(argv=None):
         rec["device"] = args.device
         runs.append(rec)
         save_results(args.results, runs)
-        metric = f"test F1 {rec['test_f1']:.4f}" if "test_f1" in rec else f"test acc {rec['test_accuracy']:.4f}"
+        if pt.get("study"):  # chosen on validation: the test numbers stay in the file, unread
+            metric = "test not shown"
+        else:
+            metric = f"test F1 {rec['test_f1']:.4f}" if "test_f1" in rec else f"test acc {rec['test_accuracy']:.4f}"
         print(f"[{i + 1}/{len(todo)}] {rec['key']}: val acc {rec['val_accuracy']:.4f}, {metric}"
               + (f", sparsity {rec['sparsity_achieved']:.4f}" if "sparsity_achieved" in rec else "")
               + f" ({rec['train_seconds']:.0f} s)", flush=True)
