@@ -28,6 +28,8 @@ class GMP(MGPP):
 
     method = "gmp"
     _prior_on = False
+    # As in ALGORITHM.md, a weight pruned at one event may regrow before the
+    # next (Zhu & Gupta keep it masked); the final mask is fixed after t_e.
 
     def __init__(self, params, lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, *,
                  total_steps, target_sparsity=0.9, initial_sparsity=0.0,
@@ -64,14 +66,20 @@ class PLATON(MGPP):
     (ties at the threshold included) are zeroed. Everything else (AdamW,
     schedule, final mask) is MGPP's, without the prior.
 
+    A step in which a weight has no gradient adds 0 to its window (the
+    window mean still divides by the window's length). ``last_threshold``
+    is the threshold on the score, not on |theta|.
+
     Args: as ``GMP``, plus ``importance_betas=(b1, b2)`` (the paper's
     defaults 0.85 and 0.95). Memory: three fp32 tensors per prunable weight
-    (window sum, Ibar, U) on top of AdamW's state.
+    (window sum, Ibar, U) on top of AdamW's state, freed once the final mask
+    is fixed.
     """
 
     method = "platon"
     _prior_on = False
     _magnitude_scores = False
+    _fp32_state_keys = ("ipt_sum", "ipt_bar", "ipt_unc")
 
     def __init__(self, params, lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, *,
                  total_steps, target_sparsity=0.9, initial_sparsity=0.0,
@@ -113,6 +121,8 @@ class PLATON(MGPP):
 
     def scores(self):
         """The current score Ibar * U of every prunable tensor (new tensors)."""
+        if self.mask_fixed:
+            raise RuntimeError("PLATON.scores: the final mask is fixed and the scores were freed")
         out = []
         for _, _, p in self._prunable():
             st = self._score_state(p)

@@ -50,7 +50,9 @@ class MGPP(torch.optim.Optimizer):
         on_nonfinite: ``"raise"`` (default) raises on an inf/NaN gradient
             before anything is changed; ``"skip"`` skips such a step without
             advancing the schedule. (``torch.amp.GradScaler`` skips those
-            steps itself before calling ``step``.)
+            steps itself before calling ``step``.) With FSDP2 only the rank
+            whose gradient shard holds the inf/NaN raises, so there
+            ``"raise"`` is fatal to the run; ``"skip"`` keeps the ranks in step.
 
     Distributed runs need no option. Under DDP every rank holds the whole
     model and takes the same step. FSDP2 (DTensor) parameters carry their
@@ -72,6 +74,8 @@ class MGPP(torch.optim.Optimizer):
     _prior_on = True
     #: Whether events threshold |w| (PLATON thresholds its own score).
     _magnitude_scores = True
+    #: Per-param state kept in fp32 whatever the param dtype.
+    _fp32_state_keys = ()
 
     def __init__(self, params, lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, *,
                  total_steps, num_train_examples,
@@ -118,7 +122,7 @@ class MGPP(torch.optim.Optimizer):
         self._skipped = 0
         if not self._prunable():
             raise ValueError(
-                "MGPP: the prunable set is empty (no group has prune=True and no tensor "
+                f"{type(self).__name__}: the prunable set is empty (no group has prune=True and no tensor "
                 "with ndim >= 2 in a group without a 'prune' key)"
             )
         self._shapes = [tuple(p.shape) for _, _, p in self._prunable()]
@@ -126,7 +130,7 @@ class MGPP(torch.optim.Optimizer):
     def set_total_steps(self, total_steps):
         """Set the run length before the first step (for trainers that know it late)."""
         if self._t != 0:
-            raise RuntimeError(f"MGPP.set_total_steps: {self._t} steps were already taken")
+            raise RuntimeError(f"{type(self).__name__}.set_total_steps: {self._t} steps were already taken")
         d = self.schedule.as_dict()
         d["total_steps"] = total_steps
         d["lambda_anneal"] = tuple(d["lambda_anneal"])
@@ -144,20 +148,20 @@ class MGPP(torch.optim.Optimizer):
             param_group["params"] = params
         for i, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
-                raise TypeError(f"MGPP: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+                raise TypeError(f"{type(self).__name__}: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
             if p.layout != torch.strided:
-                raise ValueError(f"MGPP: params[{i}] is a {p.layout} tensor; only dense tensors are supported")
+                raise ValueError(f"{type(self).__name__}: params[{i}] is a {p.layout} tensor; only dense tensors are supported")
             if p.dtype not in _FLOAT_DTYPES:
                 raise TypeError(
-                    f"MGPP: params[{i}] has dtype {p.dtype}; supported are float32, bfloat16, float16"
+                    f"{type(self).__name__}: params[{i}] has dtype {p.dtype}; supported are float32, bfloat16, float16"
                 )
         prune = param_group.get("prune", None)
         if prune is not None and not isinstance(prune, bool):
-            raise TypeError(f"MGPP: a param group's 'prune' must be a bool, got {prune!r}")
+            raise TypeError(f"{type(self).__name__}: a param group's 'prune' must be a bool, got {prune!r}")
         names = param_group.get("param_names")
         if names is not None and len(names) != len(params):
             raise ValueError(
-                f"MGPP: 'param_names' has {len(names)} names for {len(params)} params"
+                f"{type(self).__name__}: 'param_names' has {len(names)} names for {len(params)} params"
             )
         super().add_param_group(param_group)
 
@@ -310,13 +314,13 @@ class MGPP(torch.optim.Optimizer):
             for i, (a, b) in enumerate(zip(shapes, self._shapes)):
                 if a != b:
                     raise RuntimeError(
-                        f"MGPP: prunable parameter {i} changed shape from {b} to {a} after "
+                        f"{type(self).__name__}: prunable parameter {i} changed shape from {b} to {a} after "
                         "the optimizer was built; rebuild the optimizer")
-            raise RuntimeError("MGPP: the set of prunable parameters changed; rebuild the optimizer")
+            raise RuntimeError(f"{type(self).__name__}: the set of prunable parameters changed; rebuild the optimizer")
         devices = {p.device for p in prunable}
         if len(devices) > 1:
             raise RuntimeError(
-                f"MGPP: all prunable parameters must be on one device for the global threshold, "
+                f"{type(self).__name__}: all prunable parameters must be on one device for the global threshold, "
                 f"found {sorted(map(str, devices))}")
 
     def _grads_finite(self):
@@ -343,9 +347,12 @@ class MGPP(torch.optim.Optimizer):
             return True
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
-                "MGPP: a gradient contains inf or NaN; no parameter or state was changed. "
+                f"{type(self).__name__}: a gradient contains inf or NaN; no parameter or state was changed. "
                 "Use torch.amp.GradScaler, fix the loss, or pass on_nonfinite='skip' to "
-                "skip such steps without advancing the schedule.")
+                "skip such steps without advancing the schedule."
+                + (" The parameters are sharded: only this rank raised and the others went on, "
+                   "so this error is fatal to the run ('skip' keeps the ranks together)."
+                   if self._shard_groups() else ""))
         self._skipped += 1
         return False
 
@@ -428,30 +435,50 @@ class MGPP(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         groups = state_dict.get("param_groups") or []
         if not groups or "mgpp" not in groups[0]:
-            raise ValueError("MGPP.load_state_dict: the state dict has no 'mgpp' record in its "
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict has no 'mgpp' record in its "
                              "param groups; it was not saved by MGPP")
         extra = json.loads(groups[0]["mgpp"])
         saved = extra["hyper"]
         mine = json.loads(json.dumps(self._hyper()))
+        saved = {"method": "mgpp", **saved}
         flat_saved = {**saved.get("schedule", {}), **{k: v for k, v in saved.items() if k != "schedule"}}
         flat_mine = {**mine["schedule"], **{k: v for k, v in mine.items() if k != "schedule"}}
-        if saved.get("method") != self.method:
+        saved_method = saved.get("method", "mgpp")  # records before GMP/PLATON existed
+        if saved_method != self.method:
             raise ValueError(
                 f"{type(self).__name__}.load_state_dict: the checkpoint is of method "
-                f"{saved.get('method')!r}, this optimizer is {self.method!r}")
+                f"{saved_method!r}, this optimizer is {self.method!r}")
         for key in flat_mine:
             if flat_saved.get(key) != flat_mine[key]:
                 raise ValueError(
-                    f"MGPP.load_state_dict: hyper-parameter '{key}' differs: saved "
+                    f"{type(self).__name__}.load_state_dict: hyper-parameter '{key}' differs: saved "
                     f"{flat_saved.get(key)!r}, this optimizer {flat_mine[key]!r}")
         shapes = [tuple(s) for s in extra["shapes"]]
         if shapes != self._shapes:
             raise ValueError(
-                "MGPP.load_state_dict: the prunable parameters differ from the saved ones "
+                f"{type(self).__name__}.load_state_dict: the prunable parameters differ from the saved ones "
                 f"(saved {len(shapes)} tensors, here {len(self._shapes)}; first difference at "
                 f"{next((i for i, (a, b) in enumerate(zip(shapes, self._shapes)) if a != b), min(len(shapes), len(self._shapes)))})")
         self._check_state_shapes(state_dict)
+        # torch casts floating state to each param's dtype on load; state that
+        # must stay fp32 (PLATON's scores) is held back and restored as fp32.
+        held = {}
+        if self._fp32_state_keys:
+            state = {}
+            for pid, st in state_dict["state"].items():
+                st = dict(st)
+                kept = {k: st.pop(k) for k in self._fp32_state_keys if k in st}
+                if kept:
+                    held[pid] = kept
+                state[pid] = st
+            state_dict["state"] = state
         super().load_state_dict(state_dict)
+        if held:
+            ids = [i for sg in state_dict["param_groups"] for i in sg["params"]]
+            params = [p for g in self.param_groups for p in g["params"]]
+            for pid, p in zip(ids, params):
+                for k, v in held.get(pid, {}).items():
+                    self.state[p][k] = v.to(device=p.device, dtype=torch.float32)
         for group in self.param_groups:
             group.pop("mgpp", None)  # the record is rebuilt by state_dict()
         # torch casts floating state to the param dtype; masks are bool.
@@ -473,7 +500,7 @@ class MGPP(torch.optim.Optimizer):
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
                 len(sg["params"]) != len(g["params"]) for sg, g in zip(saved_groups, self.param_groups)):
-            raise ValueError("MGPP.load_state_dict: the saved param groups do not match this "
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the saved param groups do not match this "
                              "optimizer's groups (number of groups or of params per group)")
         ids = [i for sg in saved_groups for i in sg["params"]]
         for i, p in zip(ids, params):
@@ -483,7 +510,7 @@ class MGPP(torch.optim.Optimizer):
             for key, v in st.items():
                 if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != tuple(p.shape):
                     raise ValueError(
-                        f"MGPP.load_state_dict: saved '{key}' of param {i} has shape "
+                        f"{type(self).__name__}.load_state_dict: saved '{key}' of param {i} has shape "
                         f"{tuple(v.shape)} but the param has shape {tuple(p.shape)} "
                         "(different model or parameter order)")
 

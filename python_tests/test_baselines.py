@@ -71,11 +71,14 @@ def _run(opt, params, steps, start=0):
         opt.step()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("method", ["gmp", "platon"])
 @pytest.mark.parametrize("resume_at", [2, 6, 17, 20])  # warm-up, mid-window, final event, final phase
-def test_resume_is_bitwise(method, resume_at):
+def test_resume_is_bitwise(method, resume_at, dtype):
+    """Also in bf16/fp16, whose PLATON scores must come back in fp32 (torch
+    casts optimizer state to the param dtype on load)."""
     def fresh():
-        groups = make_params("cpu", torch.float32)
+        groups = make_params("cpu", dtype)
         ps = [p for _, group in groups for p in group]
         return METHODS[method](ps, **ADAM, **SCHEDULE), ps
     straight, sp = fresh()
