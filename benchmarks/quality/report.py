@@ -25,6 +25,23 @@ def _mean_std(values):
     return statistics.mean(values), statistics.stdev(values)
 
 
+def _cell(values):
+    """mean +- std (n); a single seed shows its value alone, not a spread of 0."""
+    if len(values) == 1:
+        return f"{values[0]:.4f} (n=1)"
+    m, sd = _mean_std(values)
+    return f"{m:.4f} +- {sd:.4f} (n={len(values)})"
+
+
+def _sensitivity_base(runs):
+    """The grid point the prior study varies around (same seed as the study)."""
+    sens = [r for r in runs if r.get("study") == "sensitivity"]
+    if not sens:
+        return []
+    seed = sens[0]["seed"]
+    return [r for r in runs if r["key"] == f"trec/mgpp/0.9/seed{seed}"]
+
+
 def summarise(runs):
     """{(task, method, sparsity): [records]} of the grid (sensitivity runs apart)."""
     table = defaultdict(list)
@@ -45,22 +62,17 @@ def markdown(runs, meta):
         lines.append(f"TREC-6 (train {s['train']} / val {s['val']} / test {s['test']}), test accuracy, "
                      "mean +- std over seeds (n = seeds run):\n")
         sparsities = sorted({k[2] for k in trec if k[1] != "dense"})
-        lines.append("| method | " + " | ".join(f"{x:.0%}" for x in sparsities) + " |")
-        lines.append("|---|" + "---|" * len(sparsities))
+        lines.append("| method | 0% | " + " | ".join(f"{x:.0%}" for x in sparsities) + " |")
+        lines.append("|---|---|" + "---|" * len(sparsities))
         if ("trec", "dense", 0.0) in trec:
-            m, sd = _mean_std([r["test_accuracy"] for r in trec[("trec", "dense", 0.0)]])
-            n = len(trec[("trec", "dense", 0.0)])
-            lines.append(f"| dense AdamW (0%) | {m:.4f} +- {sd:.4f} (n={n}) |" + " |" * (len(sparsities) - 1))
+            dense = _cell([r["test_accuracy"] for r in trec[("trec", "dense", 0.0)]])
+            lines.append(f"| dense AdamW | {dense} |" + " |" * len(sparsities))
         for method in ("gmp", "platon", "mgpp"):
             cells = []
             for x in sparsities:
                 recs = trec.get(("trec", method, x), [])
-                if recs:
-                    m, sd = _mean_std([r["test_accuracy"] for r in recs])
-                    cells.append(f"{m:.4f} +- {sd:.4f} (n={len(recs)})")
-                else:
-                    cells.append("not run")
-            lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
+                cells.append(_cell([r["test_accuracy"] for r in recs]) if recs else "not run")
+            lines.append(f"| {METHOD_NAMES[method]} | | " + " | ".join(cells) + " |")
         lines.append("")
     spam = {k: v for k, v in table.items() if k[0] == "spam"}
     if spam:
@@ -72,15 +84,13 @@ def markdown(runs, meta):
         for method in ("dense", "gmp", "platon", "mgpp"):
             recs = spam.get(("spam", method, 0.0 if method == "dense" else 0.9), [])
             if recs:
-                f, fs = _mean_std([r["test_f1"] for r in recs])
-                a, as_ = _mean_std([r["test_accuracy"] for r in recs])
-                lines.append(f"| {METHOD_NAMES[method]} | {f:.4f} +- {fs:.4f} (n={len(recs)}) | "
-                             f"{a:.4f} +- {as_:.4f} |")
+                lines.append(f"| {METHOD_NAMES[method]} | {_cell([r['test_f1'] for r in recs])} | "
+                             f"{_cell([r['test_accuracy'] for r in recs])} |")
         lines.append("")
     sens = [r for r in runs if r.get("study") == "sensitivity"]
     if sens:
-        base = [r for r in runs if r["key"] == "trec/mgpp/0.9/seed0"]
-        lines.append("MGPP prior sensitivity, TREC-6 at 90%, seed 0, VALIDATION accuracy "
+        base = _sensitivity_base(runs)
+        lines.append(f"MGPP prior sensitivity, TREC-6 at 90%, seed {sens[0]['seed']}, VALIDATION accuracy "
                      f"(base: sigma0_sq {meta['mgpp_prior']['sigma0_sq']:g}, sigma1_sq "
                      f"{meta['mgpp_prior']['sigma1_sq']:g}, lambda {meta['mgpp_prior']['lambda_mix']:g}):\n")
         lines.append("| varied | value | val accuracy |")
@@ -128,7 +138,7 @@ def plot(runs, meta, out_dir):
     plt.close(fig)
 
     sens = [r for r in runs if r.get("study") == "sensitivity"]
-    base = [r for r in runs if r["key"] == "trec/mgpp/0.9/seed0"]
+    base = _sensitivity_base(runs)
     if sens:
         names = ["sigma1_sq", "sigma0_sq", "lambda_mix"]
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))

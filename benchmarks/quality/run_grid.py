@@ -101,6 +101,18 @@ def key(point):
     return f"{point['task']}/{point['method']}/{point['sparsity']:g}/seed{point['seed']}" + (f"/{extra}" if extra else "")
 
 
+def settings(point):
+    """Everything that determines a point's run besides its key: checked on
+    resume, so a results file never mixes runs made with different settings."""
+    cfg = {**TRAIN, **TASK_TRAIN[point["task"]]}
+    if point["method"] == "mgpp":
+        prior = {**MGPP_PRIOR, **(point.get("prior") or {})}
+        cfg["prior"] = {k: list(v) if isinstance(v, tuple) else v for k, v in prior.items()}
+    elif point["method"] == "platon":
+        cfg["importance_betas"] = [0.85, 0.95]
+    return cfg
+
+
 def load_results(path):
     if not path.exists():
         return []
@@ -198,6 +210,17 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count() or 1)
 
     runs = load_results(args.results)
+    by_key = {key(pt): pt for pt in points()}
+    stale = []
+    for r in runs:
+        want = settings(by_key[r["key"]]) if r["key"] in by_key else None
+        if "settings" not in r and want is not None:
+            r["settings"] = want  # files written before runs recorded their settings
+        if want is not None and r["settings"] != want:
+            stale.append(r["key"])
+    if stale:
+        raise SystemExit(f"{args.results} holds {len(stale)} runs made with other settings than "
+                         f"this script's (first: {stale[0]}); use another --results file")
     done = {r["key"] for r in runs}
     todo = [pt for pt in points(args.only, args.seeds) if key(pt) not in done]
     print(f"{len(done)} points in {args.results}, {len(todo)} to run on {args.device}")
@@ -208,6 +231,7 @@ def main(argv=None):
             break
         rec = run_point(pt, torch.device(args.device), progress=not args.no_progress)
         rec["device"] = args.device
+        rec["settings"] = settings(pt)
         runs.append(rec)
         save_results(args.results, runs)
         if pt.get("study"):  # chosen on validation: the test numbers stay in the file, unread
