@@ -56,10 +56,17 @@ def train(model, opt, data, rank=0, world=1, record=None, comm=None):
             record.append(opt.last_threshold)
 
 
-def single_process(lr):
+def make_optimizer(params, lr, method="mgpp"):
+    if method == "mgpp":
+        return mgpp_ext.MGPP(params, lr=lr, **HYPER)
+    kw = {k: v for k, v in HYPER.items() if k not in ("num_train_examples", "sigma0_sq", "sigma1_sq")}
+    return {"gmp": mgpp_ext.GMP, "platon": mgpp_ext.PLATON}[method](params, lr=lr, **kw)
+
+
+def single_process(lr, method="mgpp"):
     """The reference: one process, the whole global batch."""
     model = make_model()
-    opt = mgpp_ext.MGPP(model.parameters(), lr=lr, **HYPER)
+    opt = make_optimizer(model.parameters(), lr, method)
     thresholds = []
     train(model, opt, batches(HYPER["total_steps"]), record=thresholds)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, thresholds
@@ -85,7 +92,7 @@ def ddp_worker(rank, world, port, lr, out_dir):
         dist.destroy_process_group()
 
 
-def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None):
+def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None, method="mgpp"):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -99,7 +106,7 @@ def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None):
                 if isinstance(layer, torch.nn.Linear):
                     fully_shard(layer, mesh=mesh)
             fully_shard(model, mesh=mesh)
-            return model, mgpp_ext.MGPP(model.parameters(), lr=lr, **HYPER)
+            return model, make_optimizer(model.parameters(), lr, method)
 
         model, opt = build()
         data = batches(HYPER["total_steps"])

@@ -73,16 +73,37 @@ def test_fsdp2_training_matches_single_process(tmp_path):
         assert r["comm"] == [2 * 65536 * 4 if e else 0 for e in r["events"]], r["comm"]
 
 
-def test_fsdp2_resume_from_distributed_checkpoint(tmp_path):
+# MGPP saved between events; PLATON mid-window (its scores' window sum and
+# step count must survive torch.distributed.checkpoint too)
+@pytest.mark.parametrize("method,resume_at", [("mgpp", 6), ("platon", 5)])
+def test_fsdp2_resume_from_distributed_checkpoint(tmp_path, method, resume_at):
     straight = tmp_path / "straight"
     resumed = tmp_path / "resumed"
     straight.mkdir()
     resumed.mkdir()
-    spawn(W.fsdp_worker, 1e-2, str(straight))
-    spawn(W.fsdp_worker, 1e-2, str(resumed), 6)  # saved between events, mid-schedule
+    spawn(W.fsdp_worker, 1e-2, str(straight), None, method)
+    spawn(W.fsdp_worker, 1e-2, str(resumed), resume_at, method)
     a, b = torch.load(straight / "fsdp0.pt"), torch.load(resumed / "fsdp0.pt")
     assert a["thresholds"] == b["thresholds"]
     for k in a["state"]:
         assert torch.equal(a["state"][k], b["state"][k]), k
     for ma, mb in zip(a["masks"], b["masks"]):
         assert torch.equal(ma, mb)
+
+
+@pytest.mark.parametrize("method", ["gmp", "platon"])
+def test_fsdp2_baselines_match_single_process(tmp_path, method):
+    """GMP and PLATON share the sharded machinery: PLATON's score state is
+    sharded like the weights and its threshold is taken over all shards."""
+    ref_state, ref_thr = W.single_process(1e-2, method)
+    spawn(W.fsdp_worker, 1e-2, str(tmp_path), None, method)
+    r0, r1 = (torch.load(tmp_path / f"fsdp{r}.pt") for r in range(2))
+    assert r0["thresholds"] == r1["thresholds"]
+    for a, b in zip(r0["thresholds"], ref_thr):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert abs(a - b) <= 1e-4 * max(abs(b), 1e-12)
+    for k in ref_state:
+        torch.testing.assert_close(r0["state"][k], ref_state[k], rtol=1e-4, atol=1e-5)
+    assert r0["sparsity"] == r1["sparsity"] >= 0.74
+
