@@ -71,7 +71,11 @@ inline void step_math(V& p, V g, V& m, V& v, const StepConsts& c) {
 
 template <typename P, typename S>
 void step_range(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
-                const StepConsts& c, int64_t* hist) {
+                const StepConsts& c_in, int64_t* hist) {
+  // A local copy: the caller's constants are floats that stores through the
+  // float pointers p/m/v could alias, which would make the compiler reload
+  // and re-broadcast every one of them on every iteration.
+  const StepConsts c = c_in;
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
     fVec p0, p1, g0, g1, m0, m1, v0, v1;
