@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
-from .optimizer import MGPP, _local, _like_param
+from .optimizer import MGPP, _local
 
 
 class GMP(MGPP):
@@ -150,28 +150,21 @@ class PLATON(MGPP):
                 st["ipt_sum"].zero_()
             self._window = 0
 
-    def _prune_event(self, t, prunable, hist):
-        sch = self.schedule
-        n_total = sum(p.numel() for p in prunable)
-        k = sch.num_pruned(t, n_total)
-        final_event = t == sch.t_e
+    def _prune_k(self, local, k, n_total, hist, want_masks):
         scores = [_local(s) for s in self.scores()]
+        sel = self._global_select(scores, k, n_total)
+        tau = ops.threshold_from_select_state(sel)
         masks = []
-        if k > 0:
-            sel = self._global_select(scores, k, n_total)
-            tau = ops.threshold_from_select_state(sel)
-            for p, s in zip(prunable, scores):
-                keep = s > tau  # ties at the threshold are pruned, as for |w|
-                _local(p).masked_fill_(~keep, 0.0)
-                masks.append(keep)
-            self._threshold = tau
-        else:
-            masks = [torch.ones_like(_local(p), dtype=torch.bool) for p in prunable]
-        self._last_k = k
-        self._events += 1
-        if final_event:
-            for p, m in zip(prunable, masks):
-                self.state[p]["mask"] = _like_param(m, p)
-            for p in prunable:  # the scores are not needed once the mask is fixed
-                for key in ("ipt_sum", "ipt_bar", "ipt_unc"):
+        for p, s in zip(local, scores):
+            keep = s > tau  # ties at the threshold are pruned, as for |w|
+            p.masked_fill_(~keep, 0.0)
+            masks.append(keep)
+        self._threshold = tau
+        return masks if want_masks else []
+
+    def _prune_event(self, t, prunable, hist):
+        super()._prune_event(t, prunable, hist)
+        if t == self.schedule.t_e:  # the scores are not needed once the mask is fixed
+            for p in prunable:
+                for key in self._fp32_state_keys:
                     self.state[p].pop(key, None)

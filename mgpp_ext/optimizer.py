@@ -56,9 +56,9 @@ class MGPP(torch.optim.Optimizer):
 
     Distributed runs need no option. Under DDP every rank holds the whole
     model and takes the same step. FSDP2 (DTensor) parameters carry their
-    device mesh: each rank steps its local shard with the fused kernel; on event steps the two 65,536-bin histograms of the radix
-    select are all-reduced, so every rank finds the same exact global
-    threshold. They travel as int32 (256 KiB each, 512 KiB per event) while
+    device mesh: each rank steps its local shard with the fused kernel; on
+    event steps the two 65,536-bin histograms of the radix select are
+    all-reduced, so every rank finds the same exact global threshold. They travel as int32 (256 KiB each, 512 KiB per event) while
     the model has fewer than 2^31 prunable weights (no count can exceed
     that), as int64 (1 MiB per event) above. That is the only extra
     communication, whatever the model size. Only ``on_nonfinite="skip"``
@@ -245,19 +245,26 @@ class MGPP(torch.optim.Optimizer):
         k = sch.num_pruned(t, n_total)
         final_event = t == sch.t_e
         local = [_local(p) for p in prunable]
-        masks = [torch.empty_like(p, dtype=torch.bool) for p in local] if final_event else []
         if k > 0:
-            sel = self._global_select(local, k, n_total, hist)
-            ops.apply_threshold_(local, sel, masks)
-            self._threshold = ops.threshold_from_select_state(sel)
+            masks = self._prune_k(local, k, n_total, hist, final_event)
         else:
-            for m in masks:
-                m.fill_(True)
+            masks = [torch.ones_like(p, dtype=torch.bool) for p in local] if final_event else []
         self._last_k = k
         self._events += 1
         if final_event:
             for p, m in zip(prunable, masks):
                 self.state[p]["mask"] = _like_param(m, p)
+
+    def _prune_k(self, local, k, n_total, hist, want_masks):
+        """Zero the weights at or below the k-th smallest score over ``local``
+        (this rank's pieces), set the threshold, and return the keep-masks
+        when ``want_masks`` (else []). MGPP's score is |w|; ``hist`` is its
+        level-0 histogram from the fused step."""
+        masks = [torch.empty_like(p, dtype=torch.bool) for p in local] if want_masks else []
+        sel = self._global_select(local, k, n_total, hist)
+        ops.apply_threshold_(local, sel, masks)
+        self._threshold = ops.threshold_from_select_state(sel)
+        return masks
 
     def _observe_gradients(self, t, event):
         """Called once per taken step, after the finite check and before the
@@ -440,14 +447,13 @@ class MGPP(torch.optim.Optimizer):
         extra = json.loads(groups[0]["mgpp"])
         saved = extra["hyper"]
         mine = json.loads(json.dumps(self._hyper()))
-        saved = {"method": "mgpp", **saved}
+        saved = {"method": "mgpp", **saved}  # records before GMP/PLATON existed
         flat_saved = {**saved.get("schedule", {}), **{k: v for k, v in saved.items() if k != "schedule"}}
         flat_mine = {**mine["schedule"], **{k: v for k, v in mine.items() if k != "schedule"}}
-        saved_method = saved.get("method", "mgpp")  # records before GMP/PLATON existed
-        if saved_method != self.method:
+        if saved["method"] != self.method:
             raise ValueError(
                 f"{type(self).__name__}.load_state_dict: the checkpoint is of method "
-                f"{saved_method!r}, this optimizer is {self.method!r}")
+                f"{saved['method']!r}, this optimizer is {self.method!r}")
         for key in flat_mine:
             if flat_saved.get(key) != flat_mine[key]:
                 raise ValueError(
@@ -474,9 +480,7 @@ class MGPP(torch.optim.Optimizer):
             state_dict["state"] = state
         super().load_state_dict(state_dict)
         if held:
-            ids = [i for sg in state_dict["param_groups"] for i in sg["params"]]
-            params = [p for g in self.param_groups for p in g["params"]]
-            for pid, p in zip(ids, params):
+            for pid, p in self._saved_ids_with_params(state_dict):
                 for k, v in held.get(pid, {}).items():
                     self.state[p][k] = v.to(device=p.device, dtype=torch.float32)
         for group in self.param_groups:
@@ -494,16 +498,19 @@ class MGPP(torch.optim.Optimizer):
             th, dtype=torch.float32, device=_local(self._prunable()[0][2]).device)
         self._load_extra_record(extra.get("extra", {}))
 
+    def _saved_ids_with_params(self, state_dict):
+        """(saved param id, param) pairs, matched by order as torch does."""
+        ids = [i for sg in state_dict["param_groups"] for i in sg["params"]]
+        return list(zip(ids, [p for g in self.param_groups for p in g["params"]]))
+
     def _check_state_shapes(self, state_dict):
         """torch zips saved state to params by order; refuse a silent misalignment."""
-        params = [p for g in self.param_groups for p in g["params"]]
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
                 len(sg["params"]) != len(g["params"]) for sg, g in zip(saved_groups, self.param_groups)):
             raise ValueError(f"{type(self).__name__}.load_state_dict: the saved param groups do not match this "
                              "optimizer's groups (number of groups or of params per group)")
-        ids = [i for sg in saved_groups for i in sg["params"]]
-        for i, p in zip(ids, params):
+        for i, p in self._saved_ids_with_params(state_dict):
             st = state_dict["state"].get(i)
             if st is None:
                 continue

@@ -157,6 +157,8 @@ def plot(runs, meta, out_dir):
     movie = [r for r in runs if r["task"] == "movie"]
     if sens:
         names = ["sigma1_sq", "sigma0_sq", "lambda_mix"]
+        # the same seed's GMP for scale; one validation example is 1/538
+        gmp = [r for r in runs if r["key"] == f"trec/gmp/0.9/seed{sens[0]['seed']}"]
         fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
         for ax, name in zip(axes, names):
             pts = [(r["prior"][name], r["val_accuracy"]) for r in sens if name in r["prior"]]
@@ -165,16 +167,13 @@ def plot(runs, meta, out_dir):
             pts.sort()
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o")
-            # the same seed's GMP for scale; one validation example is 1/538
-            gmp = [r for r in runs if r["key"] == f"trec/gmp/0.9/seed{sens[0]['seed']}"]
             if gmp:
                 ax.axhline(gmp[0]["val_accuracy"], color="gray", linestyle=":", label="GMP")
             ax.set_xscale("log")
             ax.set_xlabel(name)
             ax.set_ylabel("TREC-6 val accuracy")
             ax.grid(alpha=0.3)
-        lo = min([r["val_accuracy"] for r in sens + base] + [r["val_accuracy"] for r in runs
-                 if r["key"] == f"trec/gmp/0.9/seed{sens[0]['seed']}"])
+        lo = min(r["val_accuracy"] for r in sens + base + gmp)
         hi = max(r["val_accuracy"] for r in sens + base)
         for ax in axes[:3]:  # one scale for the three TREC panels
             ax.set_ylim(lo - 0.02, hi + 0.02)
