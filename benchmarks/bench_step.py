@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from mgpp_ext import MGPP, Schedule, ops
+from mgpp_ext import GMP, MGPP, Schedule, ops
 from mgpp_ext.reference import ReferenceMGPP, prior_gradient
 
 # The authors' GLUE settings (ALGORITHM.md section 1); MNLI's training-set size.
@@ -42,6 +42,13 @@ PRIOR = dict(num_train_examples=392702, lambda_mix=0.1, sigma0_sq=1e-10, sigma1_
              lambda_anneal=(1.0, 0.001))
 SPARSITY = 0.9
 TOTAL_STEPS = 10**6
+# The event steps' schedule: cubic from 90% to 95% over EVENT_STEPS steps,
+# as in training, where every event prunes a few more weights than the last
+# (about 1.5e-5 of them per step here), so the threshold moves up to the
+# smallest surviving weights. (At a constant k it would land among the
+# weights pruned at the last event, which AdamW has just moved off zero:
+# a state training never reaches before the mask is fixed.)
+EVENT_SCHEDULE = dict(total_steps=10**4, initial_sparsity=SPARSITY, target_sparsity=0.95)
 
 # One transformer layer's prunable weights, repeated until the target count.
 LAYER_SHAPES = {
@@ -107,16 +114,15 @@ def nonevent_mgpp(params):
 
 
 def event_mgpp(params, prune_interval=1):
-    """An MGPP with a pruning event at sparsity 0.9 on every multiple of
-    prune_interval (and at t = 0)."""
-    return MGPP(params, **HP, **PRIOR, total_steps=TOTAL_STEPS, prune_interval=prune_interval,
-                initial_warmup_steps=0, initial_sparsity=SPARSITY, target_sparsity=SPARSITY)
+    """An MGPP with a pruning event of EVENT_SCHEDULE (from sparsity 0.9 up)
+    on every multiple of prune_interval (and at t = 0)."""
+    return MGPP(params, **HP, **PRIOR, **EVENT_SCHEDULE, prune_interval=prune_interval,
+                initial_warmup_steps=0)
 
 
 def reference_mgpp(params):
-    return ReferenceMGPP(params, [True] * len(params), **HP, **PRIOR, total_steps=TOTAL_STEPS,
-                         prune_interval=1, initial_warmup_steps=0,
-                         initial_sparsity=SPARSITY, target_sparsity=SPARSITY)
+    return ReferenceMGPP(params, [True] * len(params), **HP, **PRIOR, **EVENT_SCHEDULE,
+                         prune_interval=1, initial_warmup_steps=0)
 
 
 def adamw(params):
@@ -137,8 +143,7 @@ class AuthorsEventStep:
     def __init__(self, params):
         self.params = params
         self.opt = torch.optim.AdamW(params, **HP)
-        self.schedule = Schedule(total_steps=TOTAL_STEPS, prune_interval=1,
-                                 initial_sparsity=SPARSITY, target_sparsity=SPARSITY,
+        self.schedule = Schedule(**EVENT_SCHEDULE, prune_interval=1,
                                  lambda_mix=PRIOR["lambda_mix"],
                                  lambda_anneal=PRIOR["lambda_anneal"])
         self.n_total = sum(p.numel() for p in params)
@@ -456,6 +461,21 @@ def breakdown(params, grads, device, dtype, warmup, repeat):
     out["op apply_threshold_ (no masks)"] = T(lambda: ops.apply_threshold_(ps, sel))
     del opt, ps, st, m, v
     gc.collect()
+    # The event's level-0 histogram with the window predicted from the last
+    # event, and with the full range (the window forced off before each
+    # event), on GMP's event where no prior hides the histogram's cost.
+    for label, full in (("predicted window", False), ("full histogram", True)):
+        gmp = GMP(with_grads(params, grads), **HP, **EVENT_SCHEDULE, prune_interval=2,
+                  initial_warmup_steps=0)
+        gmp.step()
+
+        def before(gmp=gmp, full=full):
+            gmp.step()
+            if full:
+                gmp._hist_window = ops.FULL_WINDOW
+        out[f"GMP event step, {label}"] = T(_with_before(gmp.step, before))
+        del gmp
+        gc.collect()
     # The authors' path, piece by piece.
     ps = with_grads(params, grads, clone_grads=True)
     ad = torch.optim.AdamW(ps, **HP)

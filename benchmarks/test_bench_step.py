@@ -66,7 +66,7 @@ def test_a_mgpp_nonevent(benchmark, problem, case):
 def test_b_mgpp_event(benchmark, problem):
     params, grads, device, _ = problem
     fn, _ = bs.build_case("b", params, grads, device)
-    assert bs.expected_alternating(fn.opt, 10**4)
+    assert bs.expected_alternating(fn.opt, 1000)
     _run(benchmark, fn, device)
     opt = fn.opt
     assert opt.schedule_state()["events"] == opt.current_step // 2 + 1  # t = 0 and every even t

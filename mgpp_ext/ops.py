@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 
 HIST_BINS = 65536
+#: The level-0 histogram window that clamps nothing.
+FULL_WINDOW = (0, HIST_BINS - 1)
 
 try:
     from . import _C  # noqa: F401  (registers the kernels)
@@ -36,17 +38,22 @@ def _ops():
 
 def mgpp_step_(params, grads, exp_avgs, exp_avg_sqs, masks, hist, *, lr, beta1, beta2,
                eps, weight_decay, step, apply_prior, num_examples=1.0, lambda_mix=0.5,
-               sigma0_sq=1e-10, sigma1_sq=1.0):
+               sigma0_sq=1e-10, sigma1_sq=1.0, hist_window=FULL_WINDOW):
     """Fused prior gradient + AdamW over same-dtype tensors, in place.
 
     ``masks`` is ``[]`` or one bool tensor per param (multiplied in after the
     update); ``hist`` is an empty int64 tensor or one of ``HIST_BINS`` bins
-    that receives the level-0 histogram of the updated |param|.
+    that receives the level-0 histogram of the updated |param|. With
+    ``hist_window=(lo, hi)`` every bin index is clamped to [lo, hi]: bin lo
+    also counts what lies below, bin hi what lies above, and the counts are
+    exact strictly inside the window (the kernel spends a scattered
+    increment only on elements inside it).
     """
+    lo, hi = hist_window
     _ops().mgpp_step_(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
                       list(masks), hist, float(lr), float(beta1), float(beta2), float(eps),
                       float(weight_decay), int(step), bool(apply_prior), float(num_examples),
-                      float(lambda_mix), float(sigma0_sq), float(sigma1_sq))
+                      float(lambda_mix), float(sigma0_sq), float(sigma1_sq), int(lo), int(hi))
 
 
 def abs_histogram_(tensors, select_state, hist, level):
@@ -98,7 +105,8 @@ if EXTENSION_ERROR is None:
 
     @torch.library.register_fake("mgpp_ext::mgpp_step_")
     def _(params, grads, exp_avgs, exp_avg_sqs, masks, hist, lr, beta1, beta2, eps,
-          weight_decay, step, apply_prior, num_examples, lambda_mix, sigma0_sq, sigma1_sq):
+          weight_decay, step, apply_prior, num_examples, lambda_mix, sigma0_sq, sigma1_sq,
+          hist_lo=0, hist_hi=HIST_BINS - 1):
         return None
 
     @torch.library.register_fake("mgpp_ext::abs_histogram_")

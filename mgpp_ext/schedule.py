@@ -103,6 +103,14 @@ class Schedule:
             return True
         return self.t_s < t < self.t_e and t % self.prune_interval == 0
 
+    def next_event(self, t: int):
+        """The first event step after t, or None after the last one (t_e)."""
+        if t < self.t_s:
+            return self.t_s
+        if t >= self.t_e:
+            return None
+        return min((t // self.prune_interval + 1) * self.prune_interval, self.t_e)
+
     def num_pruned(self, t: int, n: int) -> int:
         """k = floor(s_t * N) weights to prune at an event of step t."""
         return int(math.floor(self.sparsity(t) * n))

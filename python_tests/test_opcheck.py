@@ -41,6 +41,10 @@ def test_mgpp_step(device, dtype, masks, hist):
     opcheck(OPS.mgpp_step_, step_args(device, dtype, masks, hist))
 
 
+def test_mgpp_step_with_histogram_window(device):
+    opcheck(OPS.mgpp_step_, step_args(device, torch.float32, False, True) + (0x3f00, 0x3f80))
+
+
 def test_mgpp_step_without_prior(device):
     opcheck(OPS.mgpp_step_, step_args(device, torch.float32, False, False, apply_prior=False, step=1))
 

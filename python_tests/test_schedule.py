@@ -33,6 +33,16 @@ def test_events(kw, t_s, t_e, expected):
     assert events(s) == expected
 
 
+@pytest.mark.parametrize("total, warmup, final, interval", [
+    (1, 0, 0, 1), (8, 2, 2, 1), (40, 3, 4, 10), (41, 0, 1, 7), (17, 7, 0, 3), (5, 1, 3, 100)])
+def test_next_event(total, warmup, final, interval):
+    s = Schedule(total_steps=total, initial_warmup_steps=warmup, final_finetune_steps=final,
+                 prune_interval=interval)
+    for t in range(-1, total + 2):
+        want = next((u for u in events(s) if u > t), None)
+        assert s.next_event(t) == want, t
+
+
 def test_phases_and_prior():
     s = Schedule(total_steps=20, initial_warmup_steps=5, final_finetune_steps=6)
     assert [s.phase(t) for t in (0, 4, 5, 13, 14, 19)] == [

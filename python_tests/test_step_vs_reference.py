@@ -208,6 +208,37 @@ def test_event_is_exact_on_the_optimizers_own_weights(device, dtype, monkeypatch
     assert len(seen) == len(EVENTS)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_histogram_window_never_changes_the_result(device, dtype, monkeypatch):
+    """Events build their level-0 histogram in a window predicted from the
+    last event. A hit and a miss (which rebuilds the histogram in full) give
+    bitwise the same weights and thresholds as each other."""
+    a, params_a, _, _, _ = build(device, dtype)
+    b, params_b, _, _, _ = build(device, dtype)
+    windows = []
+    real = ops.mgpp_step_
+
+    def spy(*args, hist_window=ops.FULL_WINDOW, **kw):
+        if args[5].numel() > 0:
+            windows.append(hist_window)
+        real(*args, hist_window=hist_window, **kw)
+    monkeypatch.setattr(ops, "mgpp_step_", spy)
+    forced = 0
+    for t in range(SCHEDULE["total_steps"]):
+        set_grads(t, params_a, params_b)
+        a.step()
+        if b.schedule.is_event(t) and b.schedule.num_pruned(t, 1 << 20) > 0:
+            b._hist_window = (1, 2)  # far below any weight here: always a miss
+            forced += 1
+        b.step()
+        assert torch.equal(bits(flat(params_a)), bits(flat(params_b))), f"params at step {t}"
+        assert a.last_threshold == b.last_threshold
+    assert forced > 0 and b._window_misses == forced
+    # the default run used predicted windows, and most of them held the threshold
+    predicted = sum(w != ops.FULL_WINDOW and w != (1, 2) for w in windows)
+    assert predicted >= 2 and a._window_misses < predicted / 2
+
+
 def test_lr_per_group_and_scheduler(device):
     """LambdaLR with a different schedule per group, on both implementations."""
     dtype = torch.float32
@@ -355,6 +386,58 @@ def test_raw_step_mask_and_histogram(device, dtype):
     want = torch.zeros_like(hist)
     ops.abs_histogram_(masked, ops.new_select_state(1, device), want, 0)
     assert torch.equal(hist, want) and int(hist.sum()) == sum(p.numel() for p in ps)
+
+
+def clamped_level0(tensors, lo, hi, device):
+    """The level-0 histogram with every key clamped to [lo, hi], from the full one."""
+    full = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+    ops.abs_histogram_(tensors, ops.new_select_state(1, device), full, 0)
+    want = torch.zeros_like(full)
+    want[lo:hi + 1] = full[lo:hi + 1]
+    want[lo] += full[:lo].sum()
+    want[hi] += full[hi + 1:].sum()
+    return want
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("window", [
+    pytest.param((0x3c00, 0x3c40), id="narrow"),  # around |w| = 2^-7 .. 2^-7 * 1.5
+    pytest.param((0, 0x3c20), id="from-zero"),
+    pytest.param((0x3c20, 0xffff), id="to-top"),
+    pytest.param((0x3d00, 0x3d00), id="one-bin"),
+    pytest.param((0x7f00, 0x7fc0), id="reaches-inf-nan"),
+    pytest.param((0, 0xffff), id="full"),
+])
+def test_raw_step_histogram_window(device, dtype, window):
+    """Clamped keys: the edge bins count what lies beyond them, inside bins
+    are exact. Odd sizes exercise the vector body and the scalar tail;
+    zeros, huge and inf/NaN weights land in the right edge."""
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(64, 33), (4097,), (1,), (31,)]
+    ps = [(0.01 * torch.randn(s, generator=gen)) for s in shapes]
+    ps[0][0, :5] = torch.tensor([0.0, -0.0, 3e38, float("inf"), float("nan")])
+    ps[1][:3] = torch.tensor([1e-40, float("-inf"), 1.0])
+    ps = [p.to(device, dtype) for p in ps]
+    gs = [torch.zeros_like(p) for p in ps]
+    ms = [torch.zeros_like(p) for p in ps]
+    vs = [torch.zeros_like(p) for p in ps]
+    lo, hi = window
+    hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+    # lr = 0, no prior, no decay: the stored weights are the inputs
+    ops.mgpp_step_(ps, gs, ms, vs, [], hist, lr=0.0, beta1=0.9, beta2=0.98, eps=1e-6,
+                   weight_decay=0.0, step=1, apply_prior=False, hist_window=window)
+    assert torch.equal(hist, clamped_level0(ps, lo, hi, device))
+    assert int(hist.sum()) == sum(p.numel() for p in ps)
+
+
+def test_raw_step_histogram_window_is_checked(device):
+    p = torch.zeros(3, device=device)
+    hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+    for bad in [(-1, 5), (9, 8), (0, 65536)]:
+        with pytest.raises(RuntimeError, match="hist_lo"):
+            ops.mgpp_step_([p], [p.clone()], [p.clone()], [p.clone()], [], hist, lr=0.0,
+                           beta1=0.9, beta2=0.98, eps=1e-6, weight_decay=0.0, step=1,
+                           apply_prior=False, hist_window=bad)
 
 
 def test_raw_step_non_contiguous(device):

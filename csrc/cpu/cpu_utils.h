@@ -8,6 +8,10 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
+
 #include <cstring>
 #include <vector>
 
@@ -72,12 +76,36 @@ inline void store2(T* p, const fVec& a, const fVec& b) {
   }
 }
 
-// Widens kBlock bool mask bytes to 1.0f / 0.0f.
-inline void load_mask2(const bool* m, fVec& a, fVec& b) {
-  float tmp[kBlock];
-  for (int64_t j = 0; j < kBlock; ++j) tmp[j] = m[j] ? 1.0f : 0.0f;
-  a = fVec::loadu(tmp);
-  b = fVec::loadu(tmp + fVec::size());
+// kBlock bool mask bytes as two all-ones (keep) / all-zeros lane masks, to
+// AND into the weights. The byte loop does not vectorise on its own, and it
+// ran in every final-phase step.
+inline void load_keep2(const bool* m, fVec& a, fVec& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512i w0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
+  const __m512i w1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + 16)));
+  const __m512i zero = _mm512_setzero_si512();
+  a = _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_cmpneq_epi32_mask(w0, zero)));
+  b = _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_cmpneq_epi32_mask(w1, zero)));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i w0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+  const __m256i w1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m + 8)));
+  const __m256i zero = _mm256_setzero_si256();
+  // 0 -> 0, 1 -> all ones: compare with zero, then invert.
+  const __m256i ones = _mm256_set1_epi32(-1);
+  a = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(w0, zero), ones));
+  b = _mm256_castsi256_ps(_mm256_xor_si256(_mm256_cmpeq_epi32(w1, zero), ones));
+#else
+  uint32_t bits[kBlock];
+  for (int64_t j = 0; j < kBlock; ++j) bits[j] = m[j] ? ~0u : 0u;
+  a = fVec::loadu(bits);
+  b = fVec::loadu(bits + fVec::size());
+#endif
+}
+
+inline float float_of_bits(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
 }
 
 // One contiguous piece of one tensor.
@@ -144,6 +172,12 @@ inline void check_hist(const at::Tensor& hist, const char* op, bool allow_empty)
               op, ": 'hist' must be a contiguous int64 tensor of 65536 bins",
               allow_empty ? " (or empty)" : "", ", got ", hist.scalar_type(),
               " of shape ", hist.sizes());
+}
+
+// A level-0 histogram window: bins [lo, hi] of the 65536, see mgpp_step_.
+inline void check_hist_window(int64_t lo, int64_t hi, const char* op) {
+  TORCH_CHECK(lo >= 0 && lo <= hi && hi <= 65535, op,
+              ": need 0 <= 'hist_lo' <= 'hist_hi' <= 65535, got ", lo, " and ", hi);
 }
 
 inline void check_select_state(const at::Tensor& s, const char* op) {

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "cpu_utils.h"
@@ -69,9 +70,50 @@ inline void step_math(V& p, V g, V& m, V& v, const StepConsts& c) {
   p = p - V(c.step_size) * (m / denom);
 }
 
+// The level-0 histogram of a chunk's stored |p|, with every bin clamped to
+// [lo, hi]: bin lo also counts the elements below it and bin hi those above
+// it, so cumulative counts are exact at every bin strictly inside the
+// window. Elements outside it cost two vector compares and a popcount
+// instead of a scattered increment each: a window predicted from the last
+// event holds a small fraction of the weights.
+template <typename P>
+void histogram_window(const P* p, int64_t n, uint32_t lo, uint32_t hi, int64_t* hist) {
+  int64_t below = 0, above = 0, j = 0;
+  // Float compares order |p| like its bits for every non-NaN value; a NaN
+  // compares false with both bounds, so "not below hi's next bin" puts it
+  // above, where its bits are. That needs hi's next bin to be a float
+  // (<= +inf's bits); wider windows take the scalar loop.
+  if (hi + 1 <= 0x7f80u) {
+    const fVec lo_f(float_of_bits(lo << 16)), next_f(float_of_bits((hi + 1) << 16));
+    for (; j + kBlock <= n; j += kBlock) {
+      fVec a, b;
+      load2(p + j, a, b);
+      a = a.abs();
+      b = b.abs();
+      // zero_mask: lane bits where the comparison is false.
+      const uint64_t full = (uint64_t(1) << kBlock) - 1;
+      const uint64_t not_below = uint64_t((a < lo_f).zero_mask()) |
+                                 (uint64_t((b < lo_f).zero_mask()) << fVec::size());
+      const uint64_t not_under_next = uint64_t((a < next_f).zero_mask()) |
+                                      (uint64_t((b < next_f).zero_mask()) << fVec::size());
+      below += kBlock - __builtin_popcountll(not_below);
+      above += __builtin_popcountll(not_under_next);
+      for (uint64_t in = not_below & ~not_under_next & full; in != 0; in &= in - 1) {
+        ++hist[abs_bits(static_cast<float>(p[j + __builtin_ctzll(in)])) >> 16];
+      }
+    }
+  }
+  for (; j < n; ++j) {
+    const uint32_t key = abs_bits(static_cast<float>(p[j])) >> 16;
+    ++hist[key < lo ? lo : (key > hi ? hi : key)];
+  }
+  hist[lo] += below;
+  hist[hi] += above;
+}
+
 template <typename P, typename S>
-void step_range(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
-                const StepConsts& c_in, int64_t* hist) {
+void step_block(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
+                const StepConsts& c_in) {
   // A local copy: the caller's constants are floats that stores through the
   // float pointers p/m/v could alias, which would make the compiler reload
   // and re-broadcast every one of them on every iteration.
@@ -87,9 +129,8 @@ void step_range(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
     step_math(p1, g1, m1, v1, c);
     if (mask) {
       // Select rather than multiply, so a pruned weight is +0, never -0/NaN.
-      uint32_t bits[kBlock];
-      for (int64_t j = 0; j < kBlock; ++j) bits[j] = mask[i + j] ? ~0u : 0u;
-      fVec k0 = fVec::loadu(bits), k1 = fVec::loadu(bits + fVec::size());
+      fVec k0, k1;
+      load_keep2(mask + i, k0, k1);
       p0 = p0 & k0;
       p1 = p1 & k1;
     }
@@ -106,12 +147,33 @@ void step_range(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
     m[i] = static_cast<S>(mf);
     v[i] = static_cast<S>(vf);
   }
-  if (hist) {
+}
+
+// Elements stepped before their histogram is taken: the stored weights are
+// still in L1 when the histogram loop reads them back. (One histogram loop
+// per 64K-element chunk read them back from beyond L2, which cost as much
+// as the step itself; scattered increments inside the streaming loop
+// measured slower still.)
+constexpr int64_t kHistBlock = 2048;
+
+template <typename P, typename S>
+void step_range(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
+                const StepConsts& c, int64_t* hist, uint32_t hist_lo, uint32_t hist_hi) {
+  if (!hist) {
+    step_block(p, g, m, v, mask, n, c);
+    return;
+  }
+  const bool full = hist_lo == 0 && hist_hi == 65535;
+  for (int64_t b = 0; b < n; b += kHistBlock) {
+    const int64_t len = std::min(kHistBlock, n - b);
+    step_block(p + b, g + b, m + b, v + b, mask ? mask + b : nullptr, len, c);
     // Of the stored (rounded) value: that is what the threshold will see.
-    // A separate loop over the chunk (still in L2) keeps the streaming loop
-    // above free of scattered increments, which measured slower inside it.
-    for (int64_t j = 0; j < n; ++j) {
-      ++hist[abs_bits(static_cast<float>(p[j])) >> 16];
+    if (full) {
+      for (int64_t j = b; j < b + len; ++j) {
+        ++hist[abs_bits(static_cast<float>(p[j])) >> 16];
+      }
+    } else {
+      histogram_window(p + b, len, hist_lo, hist_hi, hist);
     }
   }
 }
@@ -215,10 +277,12 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
                    at::TensorList masks, const at::Tensor& hist, double lr,
                    double beta1, double beta2, double eps, double weight_decay,
                    int64_t step, bool apply_prior, double num_examples,
-                   double lambda_mix, double sigma0_sq, double sigma1_sq) {
+                   double lambda_mix, double sigma0_sq, double sigma1_sq,
+                   int64_t hist_lo, int64_t hist_hi) {
   check_step_args(params, grads, exp_avgs, exp_avg_sqs, masks, hist, lr, beta1,
                   beta2, eps, step, apply_prior, num_examples, lambda_mix,
                   sigma0_sq, sigma1_sq);
+  check_hist_window(hist_lo, hist_hi, "mgpp_step_");
   if (params.empty()) return;
   const StepConsts c =
       make_consts(lr, beta1, beta2, eps, weight_decay, step, apply_prior,
@@ -255,7 +319,7 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
         step_range<P, S>(p[i].work.data_ptr<P>() + o, g[i].const_data_ptr<P>() + o,
                          m[i].work.data_ptr<S>() + o, v[i].work.data_ptr<S>() + o,
                          k.empty() ? nullptr : k[i].const_data_ptr<bool>() + o,
-                         ch.end - o, c, h);
+                         ch.end - o, c, h, uint32_t(hist_lo), uint32_t(hist_hi));
       }
     });
   };

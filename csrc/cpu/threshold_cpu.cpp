@@ -11,12 +11,6 @@ namespace mgpp_ext {
 namespace cpu {
 namespace {
 
-inline float float_of_bits(uint32_t bits) {
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-
 // Level 1 only visits elements of one level-0 bin, a tiny fraction of all:
 // a vector range test skips the blocks with none of them. For a finite bin
 // [lo, hi) the float comparison is the bit comparison (NaN lanes compare

@@ -154,8 +154,11 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
                     double beta1, double beta2, double eps,
                     double weight_decay, int64_t step, bool apply_prior,
                     double num_examples, double lambda_mix, double sigma0_sq,
-                    double sigma1_sq) {
+                    double sigma1_sq, int64_t hist_lo, int64_t hist_hi) {
   const char* op = "mgpp_step_";
+  TORCH_CHECK(hist_lo >= 0 && hist_lo <= hist_hi && hist_hi <= 65535, op,
+              ": need 0 <= 'hist_lo' <= 'hist_hi' <= 65535, got ", hist_lo,
+              " and ", hist_hi);
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
               op, ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have "
@@ -254,7 +257,8 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
       numels.data(),           param_dtype,   state_dtype};
   const ck::StepHyper hp{lr,           beta1,       beta2,       eps,
                          weight_decay, step,        apply_prior, num_examples,
-                         lambda_mix,   sigma0_sq,   sigma1_sq};
+                         lambda_mix,   sigma0_sq,   sigma1_sq,
+                         static_cast<int>(hist_lo),  static_cast<int>(hist_hi)};
   int64_t* hist_ptr = hist.numel() > 0 ? hist.data_ptr<int64_t>() : nullptr;
   check_launch(ck::launch_mgpp_step(table, hp, hist_ptr, current_stream()), op);
   for (auto& t : ps) t.write_back();

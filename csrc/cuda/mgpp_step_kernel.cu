@@ -37,6 +37,8 @@ StepScalars make_step_scalars(const StepHyper& hp) {
   const double step = static_cast<double>(hp.step);
   s.step_size = static_cast<float>(hp.lr / (1.0 - std::pow(hp.beta1, step)));
   s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(hp.beta2, step)));
+  s.hist_lo = static_cast<uint32_t>(hp.hist_lo);
+  s.hist_hi = static_cast<uint32_t>(hp.hist_hi);
   return s;
 }
 
@@ -61,6 +63,12 @@ __device__ __forceinline__ void mgpp_update(float& p, float g, float& m,
   v = __fadd_rn(__fmul_rn(s.b2, v), __fmul_rn(s.omb2, __fmul_rn(g, g)));
   const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bc2_sqrt), s.eps);
   p = __fsub_rn(p, __fmul_rn(s.step_size, __fdiv_rn(m, denom)));
+}
+
+// The level-0 key of a stored |param|, clamped to the histogram window.
+__device__ __forceinline__ uint32_t window_key(float stored, const StepScalars& s) {
+  const uint32_t key = abs_bits(stored) >> 16;
+  return key < s.hist_lo ? s.hist_lo : (key > s.hist_hi ? s.hist_hi : key);
 }
 
 // Lists: 0 params (P), 1 grads (P), 2 exp_avgs (S), 3 exp_avg_sqs (S),
@@ -103,7 +111,7 @@ __global__ void __launch_bounds__(kBlockSize)
       store4(v + e, vv);
       if constexpr (H != HistMode::kNone) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc.add(abs_bits(pv[j]) >> 16, e + j);
+        for (int j = 0; j < 4; ++j) acc.add(window_key(pv[j], s), e + j);
       }
     }
     done = nvec * kVecElems;
@@ -121,7 +129,7 @@ __global__ void __launch_bounds__(kBlockSize)
     p[i] = stored;
     m[i] = narrow<S>(mi);
     v[i] = narrow<S>(vi);
-    acc.add(abs_bits(widen(stored)) >> 16, i);
+    acc.add(window_key(widen(stored), s), i);
   }
   acc.flush();
 }

@@ -41,6 +41,9 @@ struct StepHyper {
   double lambda_mix;
   double sigma0_sq;
   double sigma1_sq;
+  // Level-0 histogram window: keys are clamped to [hist_lo, hist_hi].
+  int hist_lo;
+  int hist_hi;
 };
 
 // The per-element constants, computed in double on the host and cast to
@@ -49,12 +52,14 @@ struct StepScalars {
   float c1, c2, inv_s0, inv_s1, inv_n;
   float decay, b1, omb1, b2, omb2, eps, step_size, bc2_sqrt;
   int apply_prior;
+  uint32_t hist_lo, hist_hi;
 };
 
 StepScalars make_step_scalars(const StepHyper& hp);
 
 // hist_or_null: a device int64[65536] that receives (+=) the level-0
-// histogram of the stored |param|, or nullptr. Enqueues on stream; returns
+// histogram of the stored |param| with keys clamped to [hp.hist_lo,
+// hp.hist_hi] (the edge bins also count what lies beyond them), or nullptr. Enqueues on stream; returns
 // the first launch error, or cudaErrorInvalidValue for an unsupported
 // dtype pair.
 cudaError_t launch_mgpp_step(const StepTensorTable& table, const StepHyper& hp,
