@@ -365,6 +365,35 @@ def build_case(case, params, grads, device):
     raise ValueError(case)
 
 
+# Passes over the weights made by each op an event step calls (all_finite
+# reads the gradients, not the weights; select_bin_ reads a histogram).
+WEIGHT_PASSES = {"mgpp_step_": 1, "abs_histogram_": 1, "apply_threshold_": 1}
+
+
+def passes_per_event(fn, events=4):
+    """Passes over the weights per event step of case (b), counted over a few
+    untimed events by wrapping the ops: the fused step's pass, any full
+    level-0 rebuild (a missed window), the level-1 pass, the masking pass."""
+    counts = dict.fromkeys(WEIGHT_PASSES, 0)
+    real = {name: getattr(ops, name) for name in WEIGHT_PASSES}
+
+    def counting(name):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            return real[name](*args, **kwargs)
+        return call
+    for _ in range(events):
+        fn.before()
+        for name in WEIGHT_PASSES:
+            setattr(ops, name, counting(name))
+        try:
+            fn()
+        finally:
+            for name, f in real.items():
+                setattr(ops, name, f)
+    return {name: c / events for name, c in counts.items()}
+
+
 def expected_alternating(opt, calls):
     """Untimed non-event step, then a timed event, ``calls`` times."""
     sch, t = opt.schedule, opt.current_step
@@ -396,6 +425,8 @@ def bench_size(shapes, dtype, device, warmup, repeat, do_breakdown):
         if case == "b" and not expected_alternating(fn.opt, warmup + repeat):
             raise AssertionError("(b): the timed steps must be events, the untimed ones not")
         row["cases"][case] = dict(time_fn(fn, device, warmup, repeat), **notes)
+        if case == "b":
+            row["passes_per_event"] = passes_per_event(fn)
         del fn
         gc.collect()
     if do_breakdown:
@@ -568,6 +599,10 @@ def print_size(label, row, elt, copy_bw):
           f"(a')/(c) = {ratios['a90_over_c']:.2f}   "
           f"(d)/(b) = {ratios['d_over_b']:.1f} (target >= 20: {ok(ratios['d_over_b'] >= 20)})   "
           f"(e2)/(e1) = {ratios['e2_over_e1']:.1f}   (b)/(a) = {ratios['b_over_a']:.2f}")
+    pp = row["passes_per_event"]
+    print(f"passes over the weights per event step (b): {sum(pp.values()):.2f} "
+          f"(fused step {pp['mgpp_step_']:.2f}, histograms {pp['abs_histogram_']:.2f}, "
+          f"masking {pp['apply_threshold_']:.2f})")
     ck = row["check"]
     print(f"check ({ck['numel_checked']:,} weights): fused tau == reference tau bitwise at 2 event "
           f"steps (tau = {ck['step1']['tau']:.6g}); "
