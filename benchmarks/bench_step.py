@@ -691,10 +691,11 @@ def main(argv=None):
                    elt, copy_bw)
     threads = info["threads"]
     if not args.no_memory:
-        hist_note = (f"{(threads + 1) * 0.5:.1f}-{(threads + 2) * 0.5:.1f} MiB ({threads} per-thread "
-                     "+ 1 global 64K-bin int64 histograms, + its cumulative sum for the next "
-                     "event's window)" if device.type == "cpu"
-                     else "0.5-1 MiB (one histogram + its cumulative sum)")
+        hist_note = (f"{(threads + 1) * 2 + 0.5:.1f} MiB ({threads} per-thread + 1 global "
+                     "64K-bin int64 level-0 histograms, the same for the three predicted "
+                     "bins' level-1 histograms, and a cumulative sum for the next event's "
+                     "prediction)" if device.type == "cpu"
+                     else "2.5 MiB (the level-0 and three level-1 histograms, a cumulative sum)")
         print(f"\npeak extra memory: CPU = growth of peak RSS (VmHWM) during one call, "
               f"CUDA = max_memory_allocated growth. Expected for (b): about {hist_note}; "
               "(d)/(e2): the |w| copies, the cat copy and kthvalue's own copy and indices.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -123,7 +124,9 @@ class MGPP(torch.optim.Optimizer):
         # Level-0 histogram window of the next event (see _predict_window);
         # speed only, never the result, so it is not checkpointed.
         self._hist_window = ops.FULL_WINDOW
+        self._bin_guess = -1
         self._window_misses = 0
+        self._level1_passes = 0
         if not self._prunable():
             raise ValueError(
                 f"{type(self).__name__}: the prunable set is empty (no group has prune=True and no tensor "
@@ -201,7 +204,7 @@ class MGPP(torch.optim.Optimizer):
         self._observe_gradients(t, event)
         device = _local(prunable[0]).device
         want_hist = event and self._magnitude_scores
-        hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device) if want_hist else None
+        hist = self._event_histograms(prunable, device) if want_hist else None
         no_hist = torch.empty(0, dtype=torch.int64, device=device)
         prior_kw = dict(num_examples=self.num_train_examples, lambda_mix=sch.lambda_at(t),
                         sigma0_sq=self.sigma0_sq, sigma1_sq=self.sigma1_sq)
@@ -230,21 +233,37 @@ class MGPP(torch.optim.Optimizer):
                     [_local(self.state[p]["exp_avg"]) for p in ps],
                     [_local(self.state[p]["exp_avg_sq"]) for p in ps],
                     [_local(self.state[p]["mask"]) for p in ps] if (pruned and final) else [],
-                    hist if use_hist else (no_hist if dev == device else torch.empty(0, dtype=torch.int64, device=dev)),
+                    hist.level0 if use_hist else (no_hist if dev == device else torch.empty(0, dtype=torch.int64, device=dev)),
                     lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
                     weight_decay=group["weight_decay"], step=step,
                     apply_prior=pruned and self._prior_on and sch.prior_active(t),
-                    hist_window=self._hist_window, **prior_kw)
+                    hist_window=hist.window if use_hist else ops.FULL_WINDOW,
+                    hist1=hist.level1 if use_hist else None,
+                    hist1_lo=hist.level1_lo if use_hist else 0, **prior_kw)
 
         if event:
             missing = [p for p in prunable if p.grad is None]
             if missing and want_hist:  # unchanged this step, but they still count in the threshold
-                full = torch.zeros_like(hist)
+                full = torch.zeros_like(hist.level0)
                 ops.abs_histogram_([_local(p) for p in missing], ops.new_select_state(1, device), full, 0)
-                _fold_into_window(full, hist, self._hist_window)
+                _fold_into_window(full, hist.level0, hist.window)
             self._prune_event(t, prunable, hist)
         self._t += 1
         return loss
+
+    def _event_histograms(self, prunable, device):
+        """The histograms an event's fused pass fills: level 0 in the window
+        predicted by the last event and, when that event also predicted the
+        threshold's bin, the level-1 histograms of that bin and its two
+        neighbours (skipped when a prunable tensor has no gradient, since the
+        fused pass would not see it)."""
+        level0 = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+        lo, hi = self._hist_window
+        lo1 = self._bin_guess - 1
+        if self._bin_guess < 0 or not (lo < lo1 and lo1 + 2 < hi) or any(p.grad is None for p in prunable):
+            return _EventHist(level0, self._hist_window, None, 0)
+        level1 = torch.zeros(3 * ops.HIST_BINS, dtype=torch.int64, device=device)
+        return _EventHist(level0, self._hist_window, level1, lo1)
 
     def _prune_event(self, t, prunable, hist):
         sch = self.schedule
@@ -265,10 +284,10 @@ class MGPP(torch.optim.Optimizer):
     def _prune_k(self, local, k, n_total, hist, want_masks):
         """Zero the weights at or below the k-th smallest score over ``local``
         (this rank's pieces), set the threshold, and return the keep-masks
-        when ``want_masks`` (else []). MGPP's score is |w|; ``hist`` is its
-        level-0 histogram from the fused step."""
+        when ``want_masks`` (else []). MGPP's score is |w|; ``hist`` holds the
+        histograms of it that the fused step built (an ``_EventHist``)."""
         masks = [torch.empty_like(p, dtype=torch.bool) for p in local] if want_masks else []
-        sel = self._global_select(local, k, n_total, hist, self._hist_window, predict=True)
+        sel = self._global_select(local, k, n_total, hist, predict=True)
         ops.apply_threshold_(local, sel, masks)
         self._threshold = ops.threshold_from_select_state(sel)
         return masks
@@ -278,46 +297,61 @@ class MGPP(torch.optim.Optimizer):
         update, with the gradients and weights of step ``t``. MGPP needs
         nothing here; importance-score methods accumulate their scores."""
 
-    def _global_select(self, local, k, n_total, hist=None, window=None, predict=False):
+    def _global_select(self, local, k, n_total, hist=None, predict=False):
         """Exact radix select of the k-th smallest |x| over ``local`` (this
         rank's pieces of every scored tensor), summed over the shard group.
 
-        ``hist`` is the level-0 histogram when the fused step already built
-        it, with its keys clamped to ``window``. If the k-th element falls in
-        an edge bin of the window, the window missed: the level-0 histogram
-        is rebuilt in full with one more pass, so the result never depends
-        on the window. With ``predict``, the window of the next event is
-        chosen from this one's histogram. Returns the select state (see
+        ``hist`` (an ``_EventHist``) holds what the fused step already built:
+        the level-0 histogram with its keys clamped to a window and perhaps
+        the level-1 histograms of the predicted bins. If the k-th element
+        falls in an edge bin of the window, the window missed: the level-0
+        histogram is rebuilt in full with one more pass. If it falls in a
+        predicted bin, that bin's level-1 histogram is used and the level-1
+        pass is skipped. Either way the result never depends on the
+        predictions. With ``predict``, the next event's window and bin are
+        predicted from this one's histogram. Returns the select state (see
         ``ops.new_select_state``)."""
         device = local[0].device
-        window = window or ops.FULL_WINDOW
         sel = ops.new_select_state(k, device)
         if hist is None:
-            hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
-            ops.abs_histogram_(local, sel, hist, 0)
-            window = ops.FULL_WINDOW
-        self._reduce_histogram(hist, n_total)
-        ops.select_bin_(hist, sel, 0)
+            level0 = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+            ops.abs_histogram_(local, sel, level0, 0)
+            hist = _EventHist(level0, ops.FULL_WINDOW, None, 0)
+        level0, window = hist.level0, hist.window
+        self._reduce_histogram(level0, n_total)
+        ops.select_bin_(level0, sel, 0)
+        level1 = None
         if window != ops.FULL_WINDOW or predict:
             # One small device-to-host read per event: the bin, and the
             # next event's window predicted from this histogram, together.
             nxt = self._next_k(n_total) if predict else 0
-            b, nxt_window = _bin_and_next_window(hist, sel, nxt, window, n_total)
+            b, nxt_window, guess = _bin_and_next_window(level0, sel, nxt, window, n_total)
             lo, hi = window
             if (b == lo and lo > 0) or (b == hi and hi < ops.HIST_BINS - 1):
                 self._window_misses += 1
                 sel = ops.new_select_state(k, device)
-                hist.zero_()
-                ops.abs_histogram_(local, sel, hist, 0)
-                self._reduce_histogram(hist, n_total)
-                ops.select_bin_(hist, sel, 0)
-                _, nxt_window = _bin_and_next_window(hist, sel, nxt, ops.FULL_WINDOW, n_total)
+                level0.zero_()
+                ops.abs_histogram_(local, sel, level0, 0)
+                self._reduce_histogram(level0, n_total)
+                ops.select_bin_(level0, sel, 0)
+                b, nxt_window, guess = _bin_and_next_window(level0, sel, nxt, ops.FULL_WINDOW, n_total)
+            elif hist.level1 is not None and 0 <= b - hist.level1_lo < hist.level1.numel() // ops.HIST_BINS:
+                i = b - hist.level1_lo
+                level1 = hist.level1[i * ops.HIST_BINS:(i + 1) * ops.HIST_BINS]
             if predict:
-                self._hist_window = nxt_window
-        hist.zero_()
-        ops.abs_histogram_(local, sel, hist, 1)
-        self._reduce_histogram(hist, n_total)
-        ops.select_bin_(hist, sel, 1)
+                self._hist_window, self._bin_guess = nxt_window, guess
+        if level1 is None and all(t.dtype == torch.bfloat16 for t in local):
+            # A bf16 value widened to fp32 has 16 zero low bits: the level-0
+            # bin is the value itself, so tau is known without a level-1 pass.
+            sel[2:3].copy_(sel[1:2] * ops.HIST_BINS)
+            return sel
+        if level1 is None:
+            self._level1_passes += 1
+            level1 = level0
+            level1.zero_()
+            ops.abs_histogram_(local, sel, level1, 1)
+        self._reduce_histogram(level1, n_total)
+        ops.select_bin_(level1, sel, 1)
         return sel
 
     def _next_k(self, n_total):
@@ -570,17 +604,27 @@ _WINDOW_ABOVE = 64
 _WINDOW_MAX_SHARE = 0.5
 
 
-def _bin_and_next_window(hist, sel, next_k, window, n_total):
-    """The level-0 bin just selected, and the window of the next event.
+class _EventHist(NamedTuple):
+    """The histograms an event step's fused pass fills (see mgpp_step_)."""
+    level0: torch.Tensor
+    window: tuple
+    level1: Optional[torch.Tensor]  # n1 * HIST_BINS bins, or None
+    level1_lo: int
 
-    The next window is centred on the bin where this event's cumulative
-    count reaches ``next_k``; it is the full range when there is no next
-    event, when ``hist`` (exact only strictly inside ``window``) cannot place
-    that bin, or when the window would hold too many weights. One host read.
+
+def _bin_and_next_window(hist, sel, next_k, window, n_total):
+    """(the level-0 bin just selected, the next event's window, the next
+    event's predicted bin or -1).
+
+    The predicted bin is where this event's cumulative count reaches
+    ``next_k``, and the window is around it; the window is the full range
+    (and no bin is predicted) when there is no next event, when ``hist``
+    (exact only strictly inside ``window``) cannot place that bin, or when
+    the window would hold too many weights. One host read.
     """
     full_range = ops.FULL_WINDOW
     if next_k <= 0:
-        return int(sel[1]), full_range
+        return int(sel[1]), full_range, -1
     cum = hist.cumsum(0)
     guess = torch.searchsorted(cum, torch.tensor([next_k], device=hist.device))
     lo = (guess - _WINDOW_BELOW).clamp(0, ops.HIST_BINS - 1)
@@ -593,8 +637,8 @@ def _bin_and_next_window(hist, sel, next_k, window, n_total):
     b, g, lo, hi, inside = torch.cat([sel[1:2], guess, lo, hi, inside]).tolist()
     placed = window == full_range or window[0] < g < window[1]
     if g >= ops.HIST_BINS or not placed or inside > _WINDOW_MAX_SHARE * n_total:
-        return b, full_range
-    return b, (lo, hi)
+        return b, full_range, -1
+    return b, (lo, hi), g
 
 
 def _fold_into_window(full, hist, window):

@@ -211,10 +211,13 @@ def test_event_is_exact_on_the_optimizers_own_weights(device, dtype, monkeypatch
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_histogram_window_never_changes_the_result(device, dtype, monkeypatch):
     """Events build their level-0 histogram in a window predicted from the
-    last event. A hit and a miss (which rebuilds the histogram in full) give
-    bitwise the same weights and thresholds as each other."""
+    last event, and the level-1 histograms of three predicted bins. A hit
+    and a miss of either prediction (a miss costs one more pass) give
+    bitwise the same weights and thresholds."""
     a, params_a, _, _, _ = build(device, dtype)
     b, params_b, _, _, _ = build(device, dtype)
+    c, params_c, _, _, _ = build(device, dtype)
+    d, params_d, _, _, _ = build(device, dtype)
     windows = []
     real = ops.mgpp_step_
 
@@ -223,20 +226,52 @@ def test_histogram_window_never_changes_the_result(device, dtype, monkeypatch):
             windows.append(hist_window)
         real(*args, hist_window=hist_window, **kw)
     monkeypatch.setattr(ops, "mgpp_step_", spy)
-    forced = 0
+    forced, wrong_bin, steered = 0, 0, []
     for t in range(SCHEDULE["total_steps"]):
         set_grads(t, params_a, params_b)
+        for p, q, r in zip(params_a, params_c, params_d):
+            q.grad = p.grad.clone()
+            r.grad = p.grad.clone()
+        misses = a._window_misses
         a.step()
+        steer = None
+        if a.schedule.is_event(t) and a._window_misses == misses and a.last_threshold is not None \
+                and d._bin_guess >= 0:
+            # d predicts the bin a has just found, placed in each of the
+            # three level-1 blocks in turn: every such event skips level 1
+            block = len(steered) % 3
+            d._bin_guess = (bits(torch.tensor(a.last_threshold)).item() >> 16) + 1 - block
+            lo, hi = d._hist_window
+            if lo < d._bin_guess - 1 and d._bin_guess + 1 < hi:
+                steer = d._level1_passes
+                steered.append(block)
+        d.step()
+        if steer is not None:
+            assert d._level1_passes == steer, f"step {t}: level-1 block {steered[-1]} unused"
         if b.schedule.is_event(t) and b.schedule.num_pruned(t, 1 << 20) > 0:
             b._hist_window = (1, 2)  # far below any weight here: always a miss
             forced += 1
+            if c._bin_guess >= 0:  # a window that holds the threshold, a wrong bin
+                c._bin_guess = c._hist_window[0] + 2
+                wrong_bin += 1
         b.step()
-        assert torch.equal(bits(flat(params_a)), bits(flat(params_b))), f"params at step {t}"
-        assert a.last_threshold == b.last_threshold
+        c.step()
+        for other, params in ((b, params_b), (c, params_c), (d, params_d)):
+            assert torch.equal(bits(flat(params_a)), bits(flat(params))), f"params at step {t}"
+            assert a.last_threshold == other.last_threshold
     assert forced > 0 and b._window_misses == forced
     # the default run used predicted windows, and most of them held the threshold
     predicted = sum(w != ops.FULL_WINDOW and w != (1, 2) for w in windows)
     assert predicted >= 2 and a._window_misses < predicted / 2
+    if dtype == torch.bfloat16:
+        # the level-0 bin of a bf16 weight is its value: never a level-1 pass
+        assert a._level1_passes == b._level1_passes == c._level1_passes == 0
+        return
+    # ... and some of its events found the threshold in a predicted bin, so
+    # they skipped the level-1 pass, which every forced miss made
+    assert a._level1_passes < forced and b._level1_passes == forced
+    assert wrong_bin >= 2 and c._level1_passes >= wrong_bin
+    assert set(steered) == {0, 1, 2}
 
 
 def test_lr_per_group_and_scheduler(device):
@@ -423,21 +458,40 @@ def test_raw_step_histogram_window(device, dtype, window):
     vs = [torch.zeros_like(p) for p in ps]
     lo, hi = window
     hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+    # level-1 histograms of three bins inside the window, where there is one
+    n1 = min(3, hi - lo - 1)
+    lo1 = (lo + hi) // 2 - 1 if n1 == 3 else lo + 1
+    hist1 = torch.zeros(max(n1, 0) * ops.HIST_BINS, dtype=torch.int64, device=device)
     # lr = 0, no prior, no decay: the stored weights are the inputs
     ops.mgpp_step_(ps, gs, ms, vs, [], hist, lr=0.0, beta1=0.9, beta2=0.98, eps=1e-6,
-                   weight_decay=0.0, step=1, apply_prior=False, hist_window=window)
+                   weight_decay=0.0, step=1, apply_prior=False, hist_window=window,
+                   hist1=hist1 if n1 > 0 else None, hist1_lo=lo1)
     assert torch.equal(hist, clamped_level0(ps, lo, hi, device))
     assert int(hist.sum()) == sum(p.numel() for p in ps)
+    for i in range(max(n1, 0)):
+        want = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+        state = ops.new_select_state(1, device)
+        state[1] = lo1 + i
+        ops.abs_histogram_(ps, state, want, 1)
+        assert torch.equal(hist1[i * ops.HIST_BINS:(i + 1) * ops.HIST_BINS], want), f"level-1 bin {i}"
 
 
 def test_raw_step_histogram_window_is_checked(device):
     p = torch.zeros(3, device=device)
     hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+    kw = dict(lr=0.0, beta1=0.9, beta2=0.98, eps=1e-6, weight_decay=0.0, step=1, apply_prior=False)
+    args = lambda h: ([p], [p.clone()], [p.clone()], [p.clone()], [], h)  # noqa: E731
     for bad in [(-1, 5), (9, 8), (0, 65536)]:
         with pytest.raises(RuntimeError, match="hist_lo"):
-            ops.mgpp_step_([p], [p.clone()], [p.clone()], [p.clone()], [], hist, lr=0.0,
-                           beta1=0.9, beta2=0.98, eps=1e-6, weight_decay=0.0, step=1,
-                           apply_prior=False, hist_window=bad)
+            ops.mgpp_step_(*args(hist), hist_window=bad, **kw)
+    h1 = torch.zeros(2 * ops.HIST_BINS, dtype=torch.int64, device=device)
+    for lo1 in (10, 19, 25):  # the two bins must lie strictly inside (10, 20)
+        with pytest.raises(RuntimeError, match="hist1_lo"):
+            ops.mgpp_step_(*args(hist), hist_window=(10, 20), hist1=h1, hist1_lo=lo1, **kw)
+    with pytest.raises(RuntimeError, match="'hist1' must be"):
+        ops.mgpp_step_(*args(hist), hist_window=(10, 20), hist1=h1[:1000], hist1_lo=12, **kw)
+    with pytest.raises(RuntimeError, match="needs the level-0"):
+        ops.mgpp_step_(*args(hist[:0]), hist_window=(10, 20), hist1=h1, hist1_lo=12, **kw)
 
 
 def test_raw_step_non_contiguous(device):

@@ -70,21 +70,45 @@ inline void step_math(V& p, V g, V& m, V& v, const StepConsts& c) {
   p = p - V(c.step_size) * (m / denom);
 }
 
-// The level-0 histogram of a chunk's stored |p|, with every bin clamped to
-// [lo, hi]: bin lo also counts the elements below it and bin hi those above
-// it, so cumulative counts are exact at every bin strictly inside the
-// window. Elements outside it cost two vector compares and a popcount
-// instead of a scattered increment each: a window predicted from the last
-// event holds a small fraction of the weights.
+// Where an event step's pass counts the stored |p| (all pointers are this
+// thread's own bins).
+struct HistOut {
+  // Level 0: keys (high 16 bits) clamped to [lo, hi]: bin lo also counts
+  // the elements below it and bin hi those above it, so cumulative counts
+  // are exact at every bin strictly inside the window.
+  int64_t* level0;
+  uint32_t lo, hi;
+  // Optional level 1 of the predicted boundary bins [lo1, lo1 + n1): the low
+  // 16 bits of the elements whose key is lo1 + i go to level1[i * 65536 + .],
+  // so that a correct prediction spares the event its level-1 pass.
+  int64_t* level1;
+  uint32_t lo1, n1;
+
+  inline void add(uint32_t bits) const {
+    const uint32_t key = bits >> 16;
+    ++level0[key < lo ? lo : (key > hi ? hi : key)];
+    if (level1 && key - lo1 < n1) ++level1[(size_t(key - lo1) << 16) | (bits & 0xffffu)];
+  }
+};
+
+// The histogram of a block's stored |p|. In a window, elements outside it
+// cost two vector compares and a popcount instead of a scattered increment
+// each: a window predicted from the last event holds a small fraction of
+// the weights. (The level-1 bins lie inside the window.)
 template <typename P>
-void histogram_window(const P* p, int64_t n, uint32_t lo, uint32_t hi, int64_t* hist) {
+void histogram_block(const P* p, int64_t n, const HistOut& h) {
+  if (h.lo == 0 && h.hi == 65535 && !h.level1) {
+    for (int64_t j = 0; j < n; ++j) ++h.level0[abs_bits(static_cast<float>(p[j])) >> 16];
+    return;
+  }
   int64_t below = 0, above = 0, j = 0;
   // Float compares order |p| like its bits for every non-NaN value; a NaN
   // compares false with both bounds, so "not below hi's next bin" puts it
   // above, where its bits are. That needs hi's next bin to be a float
-  // (<= +inf's bits); wider windows take the scalar loop.
-  if (hi + 1 <= 0x7f80u) {
-    const fVec lo_f(float_of_bits(lo << 16)), next_f(float_of_bits((hi + 1) << 16));
+  // (<= +inf's bits); wider windows, the full one included, take the
+  // scalar loop.
+  if (h.hi + 1 <= 0x7f80u) {
+    const fVec lo_f(float_of_bits(h.lo << 16)), next_f(float_of_bits((h.hi + 1) << 16));
     for (; j + kBlock <= n; j += kBlock) {
       fVec a, b;
       load2(p + j, a, b);
@@ -99,16 +123,13 @@ void histogram_window(const P* p, int64_t n, uint32_t lo, uint32_t hi, int64_t* 
       below += kBlock - __builtin_popcountll(not_below);
       above += __builtin_popcountll(not_under_next);
       for (uint64_t in = not_below & ~not_under_next & full; in != 0; in &= in - 1) {
-        ++hist[abs_bits(static_cast<float>(p[j + __builtin_ctzll(in)])) >> 16];
+        h.add(abs_bits(static_cast<float>(p[j + __builtin_ctzll(in)])));
       }
     }
   }
-  for (; j < n; ++j) {
-    const uint32_t key = abs_bits(static_cast<float>(p[j])) >> 16;
-    ++hist[key < lo ? lo : (key > hi ? hi : key)];
-  }
-  hist[lo] += below;
-  hist[hi] += above;
+  for (; j < n; ++j) h.add(abs_bits(static_cast<float>(p[j])));
+  h.level0[h.lo] += below;
+  h.level0[h.hi] += above;
 }
 
 template <typename P, typename S>
@@ -158,23 +179,16 @@ constexpr int64_t kHistBlock = 2048;
 
 template <typename P, typename S>
 void step_range(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
-                const StepConsts& c, int64_t* hist, uint32_t hist_lo, uint32_t hist_hi) {
+                const StepConsts& c, const HistOut* hist) {
   if (!hist) {
     step_block(p, g, m, v, mask, n, c);
     return;
   }
-  const bool full = hist_lo == 0 && hist_hi == 65535;
   for (int64_t b = 0; b < n; b += kHistBlock) {
     const int64_t len = std::min(kHistBlock, n - b);
     step_block(p + b, g + b, m + b, v + b, mask ? mask + b : nullptr, len, c);
     // Of the stored (rounded) value: that is what the threshold will see.
-    if (full) {
-      for (int64_t j = b; j < b + len; ++j) {
-        ++hist[abs_bits(static_cast<float>(p[j])) >> 16];
-      }
-    } else {
-      histogram_window(p + b, len, hist_lo, hist_hi, hist);
-    }
+    histogram_block(p + b, len, *hist);
   }
 }
 
@@ -278,11 +292,13 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
                    double beta1, double beta2, double eps, double weight_decay,
                    int64_t step, bool apply_prior, double num_examples,
                    double lambda_mix, double sigma0_sq, double sigma1_sq,
-                   int64_t hist_lo, int64_t hist_hi) {
+                   int64_t hist_lo, int64_t hist_hi,
+                   const std::optional<at::Tensor>& hist1, int64_t hist1_lo) {
   check_step_args(params, grads, exp_avgs, exp_avg_sqs, masks, hist, lr, beta1,
                   beta2, eps, step, apply_prior, num_examples, lambda_mix,
                   sigma0_sq, sigma1_sq);
   check_hist_window(hist_lo, hist_hi, "mgpp_step_");
+  const int64_t n1 = check_hist1(hist1, hist1_lo, hist_lo, hist_hi, hist, "mgpp_step_");
   if (params.empty()) return;
   const StepConsts c =
       make_consts(lr, beta1, beta2, eps, weight_decay, step, apply_prior,
@@ -305,6 +321,8 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
   // Per-thread histograms: bins are merged once at the end instead of
   // contending on shared counters.
   std::vector<int64_t> local(want_hist ? size_t(nthreads) * 65536 : 0, 0);
+  const size_t bins1 = size_t(n1) << 16;
+  std::vector<int64_t> local1(size_t(nthreads) * bins1, 0);
 
   const auto pt = params[0].scalar_type();
   const auto st = exp_avgs[0].scalar_type();
@@ -312,14 +330,17 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
     using P = decltype(p_tag);
     using S = decltype(s_tag);
     at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
-      int64_t* h = want_hist ? local.data() + size_t(at::get_thread_num()) * 65536 : nullptr;
+      const size_t me = size_t(at::get_thread_num());
+      const HistOut h{want_hist ? local.data() + me * 65536 : nullptr, uint32_t(hist_lo),
+                      uint32_t(hist_hi), n1 > 0 ? local1.data() + me * bins1 : nullptr,
+                      uint32_t(hist1_lo), uint32_t(n1)};
       for (int64_t ci = b; ci < e; ++ci) {
         const Chunk& ch = chunks[ci];
         const int64_t i = ch.tensor, o = ch.begin;
         step_range<P, S>(p[i].work.data_ptr<P>() + o, g[i].const_data_ptr<P>() + o,
                          m[i].work.data_ptr<S>() + o, v[i].work.data_ptr<S>() + o,
                          k.empty() ? nullptr : k[i].const_data_ptr<bool>() + o,
-                         ch.end - o, c, h, uint32_t(hist_lo), uint32_t(hist_hi));
+                         ch.end - o, c, want_hist ? &h : nullptr);
       }
     });
   };
@@ -338,6 +359,15 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
     at::parallel_for(0, 65536, 4096, [&](int64_t b, int64_t e) {
       for (int t = 0; t < nthreads; ++t) {
         const int64_t* src = local.data() + size_t(t) * 65536;
+        for (int64_t j = b; j < e; ++j) out[j] += src[j];
+      }
+    });
+  }
+  if (n1 > 0) {
+    int64_t* out = hist1->data_ptr<int64_t>();
+    at::parallel_for(0, int64_t(bins1), 4096, [&](int64_t b, int64_t e) {
+      for (int t = 0; t < nthreads; ++t) {
+        const int64_t* src = local1.data() + size_t(t) * bins1;
         for (int64_t j = b; j < e; ++j) out[j] += src[j];
       }
     });

@@ -154,11 +154,27 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
                     double beta1, double beta2, double eps,
                     double weight_decay, int64_t step, bool apply_prior,
                     double num_examples, double lambda_mix, double sigma0_sq,
-                    double sigma1_sq, int64_t hist_lo, int64_t hist_hi) {
+                    double sigma1_sq, int64_t hist_lo, int64_t hist_hi,
+                    const std::optional<at::Tensor>& hist1, int64_t hist1_lo) {
   const char* op = "mgpp_step_";
   TORCH_CHECK(hist_lo >= 0 && hist_lo <= hist_hi && hist_hi <= 65535, op,
               ": need 0 <= 'hist_lo' <= 'hist_hi' <= 65535, got ", hist_lo,
               " and ", hist_hi);
+  int64_t hist1_n = 0;
+  if (hist1.has_value() && hist1->numel() > 0) {
+    const at::Tensor& h1 = *hist1;
+    TORCH_CHECK(h1.scalar_type() == at::kLong && h1.dim() == 1 && h1.is_contiguous() &&
+                    h1.numel() % 65536 == 0 && h1.numel() / 65536 <= 4,
+                op, ": 'hist1' must be a contiguous int64 tensor of 65536, 131072, "
+                "196608 or 262144 bins, got ", h1.scalar_type(), " of shape ", h1.sizes());
+    TORCH_CHECK(h1.device() == hist.device(), op, ": 'hist1' must be on 'hist''s device");
+    TORCH_CHECK(hist.numel() > 0, op, ": 'hist1' needs the level-0 'hist'");
+    hist1_n = h1.numel() / 65536;
+    TORCH_CHECK(hist1_lo > hist_lo && hist1_lo + hist1_n - 1 < hist_hi, op,
+                ": 'hist1_lo' .. 'hist1_lo' + ", hist1_n - 1,
+                " must lie strictly inside the window (", hist_lo, ", ", hist_hi,
+                "), got hist1_lo = ", hist1_lo);
+  }
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
               op, ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have "
@@ -258,7 +274,9 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
   const ck::StepHyper hp{lr,           beta1,       beta2,       eps,
                          weight_decay, step,        apply_prior, num_examples,
                          lambda_mix,   sigma0_sq,   sigma1_sq,
-                         static_cast<int>(hist_lo),  static_cast<int>(hist_hi)};
+                         static_cast<int>(hist_lo),  static_cast<int>(hist_hi),
+                         hist1_n > 0 ? hist1->data_ptr<int64_t>() : nullptr,
+                         static_cast<int>(hist1_lo), static_cast<int>(hist1_n)};
   int64_t* hist_ptr = hist.numel() > 0 ? hist.data_ptr<int64_t>() : nullptr;
   check_launch(ck::launch_mgpp_step(table, hp, hist_ptr, current_stream()), op);
   for (auto& t : ps) t.write_back();

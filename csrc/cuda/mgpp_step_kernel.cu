@@ -39,6 +39,9 @@ StepScalars make_step_scalars(const StepHyper& hp) {
   s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(hp.beta2, step)));
   s.hist_lo = static_cast<uint32_t>(hp.hist_lo);
   s.hist_hi = static_cast<uint32_t>(hp.hist_hi);
+  s.hist1 = reinterpret_cast<unsigned long long*>(hp.hist1);
+  s.hist1_lo = static_cast<uint32_t>(hp.hist1_lo);
+  s.hist1_n = hp.hist1 != nullptr ? static_cast<uint32_t>(hp.hist1_n) : 0u;
   return s;
 }
 
@@ -69,6 +72,16 @@ __device__ __forceinline__ void mgpp_update(float& p, float g, float& m,
 __device__ __forceinline__ uint32_t window_key(float stored, const StepScalars& s) {
   const uint32_t key = abs_bits(stored) >> 16;
   return key < s.hist_lo ? s.hist_lo : (key > s.hist_hi ? s.hist_hi : key);
+}
+
+// The level-1 count of a stored |param| whose key is a predicted boundary
+// bin. Such elements are a small fraction, so global atomics suffice.
+__device__ __forceinline__ void level1_add(float stored, const StepScalars& s) {
+  const uint32_t bits = abs_bits(stored);
+  const uint32_t d = (bits >> 16) - s.hist1_lo;
+  if (d < s.hist1_n) {
+    atomicAdd(s.hist1 + ((static_cast<size_t>(d) << 16) | (bits & 0xffffu)), 1ull);
+  }
 }
 
 // Lists: 0 params (P), 1 grads (P), 2 exp_avgs (S), 3 exp_avg_sqs (S),
@@ -111,7 +124,10 @@ __global__ void __launch_bounds__(kBlockSize)
       store4(v + e, vv);
       if constexpr (H != HistMode::kNone) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc.add(window_key(pv[j], s), e + j);
+        for (int j = 0; j < 4; ++j) {
+          acc.add(window_key(pv[j], s), e + j);
+          level1_add(pv[j], s);
+        }
       }
     }
     done = nvec * kVecElems;
@@ -129,7 +145,10 @@ __global__ void __launch_bounds__(kBlockSize)
     p[i] = stored;
     m[i] = narrow<S>(mi);
     v[i] = narrow<S>(vi);
-    acc.add(window_key(widen(stored), s), i);
+    if constexpr (H != HistMode::kNone) {
+      acc.add(window_key(widen(stored), s), i);
+      level1_add(widen(stored), s);
+    }
   }
   acc.flush();
 }

@@ -44,6 +44,11 @@ struct StepHyper {
   // Level-0 histogram window: keys are clamped to [hist_lo, hist_hi].
   int hist_lo;
   int hist_hi;
+  // Optional level-1 histograms (device int64[hist1_n * 65536], or nullptr)
+  // of the elements whose level-0 key is hist1_lo + i, i < hist1_n.
+  int64_t* hist1;
+  int hist1_lo;
+  int hist1_n;
 };
 
 // The per-element constants, computed in double on the host and cast to
@@ -53,6 +58,8 @@ struct StepScalars {
   float decay, b1, omb1, b2, omb2, eps, step_size, bc2_sqrt;
   int apply_prior;
   uint32_t hist_lo, hist_hi;
+  unsigned long long* hist1;
+  uint32_t hist1_lo, hist1_n;
 };
 
 StepScalars make_step_scalars(const StepHyper& hp);
