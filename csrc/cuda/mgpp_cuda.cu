@@ -157,24 +157,8 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
                     double sigma1_sq, int64_t hist_lo, int64_t hist_hi,
                     const std::optional<at::Tensor>& hist1, int64_t hist1_lo) {
   const char* op = "mgpp_step_";
-  TORCH_CHECK(hist_lo >= 0 && hist_lo <= hist_hi && hist_hi <= 65535, op,
-              ": need 0 <= 'hist_lo' <= 'hist_hi' <= 65535, got ", hist_lo,
-              " and ", hist_hi);
-  int64_t hist1_n = 0;
-  if (hist1.has_value() && hist1->numel() > 0) {
-    const at::Tensor& h1 = *hist1;
-    TORCH_CHECK(h1.scalar_type() == at::kLong && h1.dim() == 1 && h1.is_contiguous() &&
-                    h1.numel() % 65536 == 0 && h1.numel() / 65536 <= 4,
-                op, ": 'hist1' must be a contiguous int64 tensor of 65536, 131072, "
-                "196608 or 262144 bins, got ", h1.scalar_type(), " of shape ", h1.sizes());
-    TORCH_CHECK(h1.device() == hist.device(), op, ": 'hist1' must be on 'hist''s device");
-    TORCH_CHECK(hist.numel() > 0, op, ": 'hist1' needs the level-0 'hist'");
-    hist1_n = h1.numel() / 65536;
-    TORCH_CHECK(hist1_lo > hist_lo && hist1_lo + hist1_n - 1 < hist_hi, op,
-                ": 'hist1_lo' .. 'hist1_lo' + ", hist1_n - 1,
-                " must lie strictly inside the window (", hist_lo, ", ", hist_hi,
-                "), got hist1_lo = ", hist1_lo);
-  }
+  check_hist_window(hist_lo, hist_hi, op);
+  const int64_t hist1_n = check_hist1(hist1, hist1_lo, hist_lo, hist_hi, hist, op);
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
               op, ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have "
