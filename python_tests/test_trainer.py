@@ -138,6 +138,42 @@ def test_accelerate_prepare_and_accumulation_do_not_advance_schedule():
     assert_pruned_to(opt, 0.5)
 
 
+def test_accelerate_loss_scale_overflow_does_not_advance_schedule():
+    """With a loss scaler (fp16 training), a step whose scaled gradients
+    overflowed is skipped by the scaler: MGPP never steps, so neither the
+    weights nor the schedule move. accelerate attaches a scaler only on a
+    GPU, so a real torch GradScaler is given to it here; the overflow is an
+    inf in one gradient, as an fp16 overflow leaves it."""
+    accelerate = pytest.importorskip("accelerate")
+    model = tiny_bert()
+    data = ToyDataset(n=16)
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    opt = mgpp_ext.MGPP(mgpp_ext.prunable_param_groups(model), lr=1e-3, total_steps=4,
+                        num_train_examples=len(data), target_sparsity=0.5,
+                        initial_warmup_steps=1, final_finetune_steps=1, prune_interval=1,
+                        sigma1_sq=1.0)
+    acc = accelerate.Accelerator(cpu=True)
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    model, opt_w, loader = acc.prepare(model, opt, loader)
+    assert unwrap_optimizer(opt_w) is opt
+    weight = next(p for p in model.parameters() if p.dim() == 2)
+    seen, skipped = [], []
+    for i, batch in enumerate(loader):  # 4 batches, the second one overflows
+        acc.backward(model(**batch).loss)
+        if i == 1:
+            weight.grad.view(-1)[0] = float("inf")
+            before = [p.detach().clone() for p in model.parameters()]
+        opt_w.step()
+        skipped.append(opt_w.step_was_skipped)
+        if i == 1:
+            assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+        opt_w.zero_grad()
+        seen.append(opt.current_step)
+    assert skipped == [False, True, False, False]
+    assert seen == [1, 1, 2, 3]
+    assert opt.schedule_state()["skipped_steps"] == 0  # the scaler skipped it, not MGPP
+
+
 def test_mgpp_callback_is_first():
     model = tiny_bert()
     trainer = transformers.Trainer(model=model, args=transformers.TrainingArguments(
