@@ -121,8 +121,9 @@ class MGPP(torch.optim.Optimizer):
         self._last_k = 0
         self._events = 0
         self._skipped = 0
-        # Level-0 histogram window of the next event (see _predict_window);
-        # speed only, never the result, so it is not checkpointed.
+        # Level-0 window and predicted threshold bin of the next event (see
+        # _bin_and_next_window); speed only, never the result, so they are
+        # not checkpointed.
         self._hist_window = ops.FULL_WINDOW
         self._bin_guess = -1
         self._window_misses = 0
@@ -237,9 +238,7 @@ class MGPP(torch.optim.Optimizer):
                     lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
                     weight_decay=group["weight_decay"], step=step,
                     apply_prior=pruned and self._prior_on and sch.prior_active(t),
-                    hist_window=hist.window if use_hist else ops.FULL_WINDOW,
-                    hist1=hist.level1 if use_hist else None,
-                    hist1_lo=hist.level1_lo if use_hist else 0, **prior_kw)
+                    **(hist.kernel_args() if use_hist else {}), **prior_kw)
 
         if event:
             missing = [p for p in prunable if p.grad is None]
@@ -256,11 +255,13 @@ class MGPP(torch.optim.Optimizer):
         predicted by the last event and, when that event also predicted the
         threshold's bin, the level-1 histograms of that bin and its two
         neighbours (skipped when a prunable tensor has no gradient, since the
-        fused pass would not see it)."""
+        fused pass would not see it, and for bf16 weights, which never need
+        a level-1 pass)."""
         level0 = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
         lo, hi = self._hist_window
         lo1 = self._bin_guess - 1
-        if self._bin_guess < 0 or not (lo < lo1 and lo1 + 2 < hi) or any(p.grad is None for p in prunable):
+        if self._bin_guess < 0 or not (lo < lo1 and lo1 + 2 < hi) or _low_bits_zero(prunable) \
+                or any(p.grad is None for p in prunable):
             return _EventHist(level0, self._hist_window, None, 0)
         level1 = torch.zeros(3 * ops.HIST_BINS, dtype=torch.int64, device=device)
         return _EventHist(level0, self._hist_window, level1, lo1)
@@ -340,9 +341,9 @@ class MGPP(torch.optim.Optimizer):
                 level1 = hist.level1[i * ops.HIST_BINS:(i + 1) * ops.HIST_BINS]
             if predict:
                 self._hist_window, self._bin_guess = nxt_window, guess
-        if level1 is None and all(t.dtype == torch.bfloat16 for t in local):
-            # A bf16 value widened to fp32 has 16 zero low bits: the level-0
-            # bin is the value itself, so tau is known without a level-1 pass.
+        if level1 is None and _low_bits_zero(local):
+            # The level-0 bin is the value itself: tau is known without a
+            # level-1 pass.
             sel[2:3].copy_(sel[1:2] * ops.HIST_BINS)
             return sel
         if level1 is None:
@@ -610,6 +611,16 @@ class _EventHist(NamedTuple):
     window: tuple
     level1: Optional[torch.Tensor]  # n1 * HIST_BINS bins, or None
     level1_lo: int
+
+    def kernel_args(self):
+        """mgpp_step_'s keyword arguments for these histograms, but ``hist``."""
+        return dict(hist_window=self.window, hist1=self.level1, hist1_lo=self.level1_lo)
+
+
+def _low_bits_zero(tensors):
+    """Whether every value's fp32 bit pattern has 16 zero low bits (bf16
+    widened to fp32), so that its level-0 bin is the value itself."""
+    return all(t.dtype == torch.bfloat16 for t in tensors)
 
 
 def _bin_and_next_window(hist, sel, next_k, window, n_total):

@@ -115,15 +115,22 @@ def test_trainer_mgpp_without_callback_refuses_to_step():
         opt.step()
 
 
-def test_accelerate_prepare_and_accumulation_do_not_advance_schedule():
-    accelerate = pytest.importorskip("accelerate")
+def four_step_run(n):
+    """(model, loader of n examples in batches of 4, MGPP over 4 optimizer
+    steps with an event on each of steps 1 and 2, to 50%)."""
     model = tiny_bert()
-    data = ToyDataset(n=32)
+    data = ToyDataset(n=n)
     loader = torch.utils.data.DataLoader(data, batch_size=4)
     opt = mgpp_ext.MGPP(mgpp_ext.prunable_param_groups(model), lr=1e-3, total_steps=4,
                         num_train_examples=len(data), target_sparsity=0.5,
                         initial_warmup_steps=1, final_finetune_steps=1, prune_interval=1,
                         sigma1_sq=1.0)
+    return model, loader, opt
+
+
+def test_accelerate_prepare_and_accumulation_do_not_advance_schedule():
+    accelerate = pytest.importorskip("accelerate")
+    model, loader, opt = four_step_run(n=32)
     acc = accelerate.Accelerator(gradient_accumulation_steps=2, cpu=True)
     model, opt_w, loader = acc.prepare(model, opt, loader)
     assert unwrap_optimizer(opt_w) is opt
@@ -145,13 +152,7 @@ def test_accelerate_loss_scale_overflow_does_not_advance_schedule():
     GPU, so a real torch GradScaler is given to it here; the overflow is an
     inf in one gradient, as an fp16 overflow leaves it."""
     accelerate = pytest.importorskip("accelerate")
-    model = tiny_bert()
-    data = ToyDataset(n=16)
-    loader = torch.utils.data.DataLoader(data, batch_size=4)
-    opt = mgpp_ext.MGPP(mgpp_ext.prunable_param_groups(model), lr=1e-3, total_steps=4,
-                        num_train_examples=len(data), target_sparsity=0.5,
-                        initial_warmup_steps=1, final_finetune_steps=1, prune_interval=1,
-                        sigma1_sq=1.0)
+    model, loader, opt = four_step_run(n=16)
     acc = accelerate.Accelerator(cpu=True)
     acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     model, opt_w, loader = acc.prepare(model, opt, loader)
