@@ -33,14 +33,17 @@ TORCH_LIBRARY(mgpp_ext, m) {
   // the window (everywhere for the default full window). hist1: None, or
   // n1 * 65536 bins (n1 <= 4) that receive the level-1 histograms (low 16
   // bits) of the elements whose high 16 bits are hist1_lo + i, i < n1: the
-  // predicted boundary bins, strictly inside the window.
+  // predicted boundary bins, strictly inside the window. apply_if: None, or
+  // a one-element bool tensor on the params' device; when it holds False
+  // the op changes nothing (it is read on the device, so a GPU step can be
+  // gated on a device-side check without a host round trip).
   m.def(
       "mgpp_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor[] masks, Tensor(d!) hist, float lr, "
       "float beta1, float beta2, float eps, float weight_decay, int step, "
       "bool apply_prior, float num_examples, float lambda_mix, "
       "float sigma0_sq, float sigma1_sq, int hist_lo=0, int hist_hi=65535, "
-      "Tensor(e!)? hist1=None, int hist1_lo=0) -> ()");
+      "Tensor(e!)? hist1=None, int hist1_lo=0, Tensor? apply_if=None) -> ()");
   // Histogram of |x| for all tensors, added into hist (65536 int64 bins).
   // level 0 bins the high 16 bits of |x|; level 1 bins the low 16 bits of
   // the elements whose high bits equal select_state[1].

@@ -38,7 +38,8 @@ def _ops():
 
 def mgpp_step_(params, grads, exp_avgs, exp_avg_sqs, masks, hist, *, lr, beta1, beta2,
                eps, weight_decay, step, apply_prior, num_examples=1.0, lambda_mix=0.5,
-               sigma0_sq=1e-10, sigma1_sq=1.0, hist_window=FULL_WINDOW, hist1=None, hist1_lo=0):
+               sigma0_sq=1e-10, sigma1_sq=1.0, hist_window=FULL_WINDOW, hist1=None, hist1_lo=0,
+               apply_if=None):
     """Fused prior gradient + AdamW over same-dtype tensors, in place.
 
     ``masks`` is ``[]`` or one bool tensor per param (multiplied in after the
@@ -51,14 +52,18 @@ def mgpp_step_(params, grads, exp_avgs, exp_avg_sqs, masks, hist, *, lr, beta1, 
     bins (n1 <= 4), receives in block i the level-1 histogram (low 16 bits)
     of the elements whose level-0 bin is ``hist1_lo + i``: the bins predicted
     to hold the threshold, strictly inside the window. When one of them does,
-    the event needs no level-1 pass.
+    the event needs no level-1 pass. ``apply_if``, a one-element bool
+    tensor on the params' device, gates the whole op: when it holds False
+    nothing is changed. It is read where the kernel runs, so on a GPU the
+    host does not wait for it (the optimizer passes its ``all_finite``
+    check this way).
     """
     lo, hi = hist_window
     _ops().mgpp_step_(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
                       list(masks), hist, float(lr), float(beta1), float(beta2), float(eps),
                       float(weight_decay), int(step), bool(apply_prior), float(num_examples),
                       float(lambda_mix), float(sigma0_sq), float(sigma1_sq), int(lo), int(hi),
-                      hist1, int(hist1_lo))
+                      hist1, int(hist1_lo), apply_if)
 
 
 def abs_histogram_(tensors, select_state, hist, level):
@@ -111,7 +116,7 @@ if EXTENSION_ERROR is None:
     @torch.library.register_fake("mgpp_ext::mgpp_step_")
     def _(params, grads, exp_avgs, exp_avg_sqs, masks, hist, lr, beta1, beta2, eps,
           weight_decay, step, apply_prior, num_examples, lambda_mix, sigma0_sq, sigma1_sq,
-          hist_lo=0, hist_hi=HIST_BINS - 1, hist1=None, hist1_lo=0):
+          hist_lo=0, hist_hi=HIST_BINS - 1, hist1=None, hist1_lo=0, apply_if=None):
         return None
 
     @torch.library.register_fake("mgpp_ext::abs_histogram_")

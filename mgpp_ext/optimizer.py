@@ -54,6 +54,12 @@ class MGPP(torch.optim.Optimizer):
             steps itself before calling ``step``.) With FSDP2 only the rank
             whose gradient shard holds the inf/NaN raises, so there
             ``"raise"`` is fatal to the run; ``"skip"`` keeps the ranks in step.
+            On CUDA the check of a step between pruning events never makes
+            the host wait for the GPU: its result gates the fused kernel on
+            the device (a failed check changes nothing) and is read back by
+            the next call to ``step``, ``state_dict`` or a schedule accessor,
+            which then raises or counts the skip. Pruning events and CPU
+            steps check before they change anything, in the same call.
 
     Distributed runs need no option. Under DDP every rank holds the whole
     model and takes the same step. FSDP2 (DTensor) parameters carry their
@@ -128,6 +134,11 @@ class MGPP(torch.optim.Optimizer):
         self._bin_guess = -1
         self._window_misses = 0
         self._level1_passes = 0
+        # The device-side inf/NaN check of the last step, not yet read back
+        # (see _finite_gate), and whether checks are deferred that way: None
+        # is automatic (on CUDA), True/False forces it (tests).
+        self._pending = None
+        self._defer_finite_check = None
         if not self._prunable():
             raise ValueError(
                 f"{type(self).__name__}: the prunable set is empty (no group has prune=True and no tensor "
@@ -137,6 +148,7 @@ class MGPP(torch.optim.Optimizer):
 
     def set_total_steps(self, total_steps):
         """Set the run length before the first step (for trainers that know it late)."""
+        self._settle()
         if self._t != 0:
             raise RuntimeError(f"{type(self).__name__}.set_total_steps: {self._t} steps were already taken")
         d = self.schedule.as_dict()
@@ -196,11 +208,13 @@ class MGPP(torch.optim.Optimizer):
                 loss = closure()
         prunable = [p for _, _, p in self._prunable()]
         self._check_prunable(prunable)
-        if not self._grads_finite():
-            return loss
-
+        self._settle()
         sch, t = self.schedule, self._t
         event = sch.is_event(t)
+        gate = self._finite_gate(event, _local(prunable[0]).device)
+        if gate is None and not self._grads_finite():
+            return loss
+
         final = t > sch.t_e
         self._observe_gradients(t, event)
         device = _local(prunable[0]).device
@@ -238,7 +252,7 @@ class MGPP(torch.optim.Optimizer):
                     lr=_as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
                     weight_decay=group["weight_decay"], step=step,
                     apply_prior=pruned and self._prior_on and sch.prior_active(t),
-                    **(hist.kernel_args() if use_hist else {}), **prior_kw)
+                    apply_if=gate, **(hist.kernel_args() if use_hist else {}), **prior_kw)
 
         if event:
             missing = [p for p in prunable if p.grad is None]
@@ -247,8 +261,55 @@ class MGPP(torch.optim.Optimizer):
                 ops.abs_histogram_([_local(p) for p in missing], ops.new_select_state(1, device), full, 0)
                 _fold_into_window(full, hist.level0, hist.window)
             self._prune_event(t, prunable, hist)
+        if gate is not None:
+            self._pending = _PendingCheck.start(gate, t, [
+                p for g in self.param_groups for p in g["params"] if p.grad is not None])
         self._t += 1
         return loss
+
+    def _defers_finite_check(self, device):
+        if type(self)._observe_gradients is not MGPP._observe_gradients:
+            return False  # scores would take in the gradients before the check is known
+        if self._defer_finite_check is not None:
+            return bool(self._defer_finite_check)
+        return device.type == "cuda"
+
+    def _finite_gate(self, event, device):
+        """The inf/NaN check of a step between pruning events, left on the
+        device: a one-element bool tensor that gates the fused kernel, read
+        back by the next call (``_settle``), so that such a step never makes
+        the host wait for the GPU. None when the check is read now instead:
+        on events (they need the host anyway), on CPU, for methods that
+        observe gradients, and when gradients live on several devices."""
+        if event or not self._defers_finite_check(device):
+            return None
+        grads = [_local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads or any(gr.device != device for gr in grads):
+            return None
+        ok = ops.all_finite(grads)
+        groups = self._shard_groups() if self.on_nonfinite == "skip" else []
+        if groups:  # every rank takes or skips the step together
+            flag = ok.to(torch.int32).reshape(1)
+            for group in groups:
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=group)
+            ok = flag.bool()
+        return ok
+
+    def _settle(self):
+        """Read back the deferred check of the previous step (see
+        ``_finite_gate``). If it failed, the kernel changed nothing on the
+        device; here the host takes back its count of that step, then
+        raises or counts the skip as ``on_nonfinite`` says."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending.passed():
+            return
+        for p in pending.stepped:
+            state = self.state[p]
+            state["step"] -= 1
+            if int(state["step"].item()) == 0:  # the step created it: as if never taken
+                del self.state[p]
+        self._t -= 1
+        self._refuse_nonfinite(pending.t)
 
     def _event_histograms(self, prunable, device):
         """The histograms an event's fused pass fills: level 0 in the window
@@ -422,31 +483,43 @@ class MGPP(torch.optim.Optimizer):
             ok = bool(flag.item())
         if ok:
             return True
+        self._refuse_nonfinite(None)
+        return False
+
+    def _refuse_nonfinite(self, late_step):
+        """Raise or count a skipped step. ``late_step``: the step whose
+        deferred check failed, or None for the step being taken now."""
         if self.on_nonfinite == "raise":
+            what = ("a gradient contains inf or NaN; no parameter or state was changed" if late_step is None
+                    else f"a gradient of step {late_step} contained inf or NaN (its check is read back one "
+                         "call later, so that steps between pruning events never wait for the GPU); that "
+                         "step changed no parameter or state, and neither did this call")
             raise FloatingPointError(
-                f"{type(self).__name__}: a gradient contains inf or NaN; no parameter or state was changed. "
+                f"{type(self).__name__}: {what}. "
                 "Use torch.amp.GradScaler, fix the loss, or pass on_nonfinite='skip' to "
                 "skip such steps without advancing the schedule."
                 + (" The parameters are sharded: only this rank raised and the others went on, "
                    "so this error is fatal to the run ('skip' keeps the ranks together)."
                    if self._shard_groups() else ""))
         self._skipped += 1
-        return False
 
     # -- what the schedule is doing -------------------------------------------
     @property
     def current_step(self) -> int:
         """Optimizer steps taken so far (t of the next step)."""
+        self._settle()
         return self._t
 
     @property
     def current_target_sparsity(self) -> float:
         """s_t of the most recent step (0 before the first event)."""
+        self._settle()
         return self.schedule.sparsity(max(self._t - 1, 0)) if self._t > self.schedule.t_s else 0.0
 
     @property
     def current_lambda(self) -> float:
         """lambda_t the next step will use (0 once the prior is off)."""
+        self._settle()
         return self.schedule.lambda_at(self._t) if self.schedule.prior_active(self._t) else 0.0
 
     @property
@@ -457,10 +530,12 @@ class MGPP(torch.optim.Optimizer):
     @property
     def mask_fixed(self) -> bool:
         """True once the final mask is in force."""
+        self._settle()
         return self._t > self.schedule.t_e
 
     def schedule_state(self) -> dict:
         """Step, phase, target sparsity, lambda, last threshold and counters."""
+        self._settle()
         return dict(step=self._t, phase=self.schedule.phase(self._t),
                     target_sparsity=self.current_target_sparsity, lambda_t=self.current_lambda,
                     threshold=self.last_threshold, last_k=self._last_k, events=self._events,
@@ -499,6 +574,7 @@ class MGPP(torch.optim.Optimizer):
         the key ``"mgpp"``, a JSON record of the schedule position and the
         hyper-parameters (param groups survive every checkpoint format,
         ``torch.distributed.checkpoint`` included)."""
+        self._settle()
         sd = super().state_dict()
         record = json.dumps(dict(
             t=self._t, events=self._events, skipped=self._skipped, last_k=self._last_k,
@@ -548,6 +624,7 @@ class MGPP(torch.optim.Optimizer):
                     held[pid] = kept
                 state[pid] = st
             state_dict["state"] = state
+        self._pending = None  # the loaded state replaces the step it was about
         super().load_state_dict(state_dict)
         if held:
             for pid, p in self._saved_ids_with_params(state_dict):
@@ -603,6 +680,28 @@ _WINDOW_ABOVE = 64
 # as the full histogram (a scattered increment per weight inside it), so the
 # full one is used.
 _WINDOW_MAX_SHARE = 0.5
+
+
+class _PendingCheck(NamedTuple):
+    """A step's device-side inf/NaN check on its way to the host."""
+    ok: torch.Tensor  # one bool; on CUDA in pinned memory, valid once ``ready`` has passed
+    ready: Optional[object]  # torch.cuda.Event recorded after the copy, or None
+    t: int
+    stepped: list  # the params whose state["step"] the step advanced
+
+    @classmethod
+    def start(cls, gate, t, stepped):
+        if gate.device.type != "cuda":
+            return cls(gate, None, t, stepped)
+        ok = gate.to("cpu", non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(gate.device))
+        return cls(ok, ready, t, stepped)
+
+    def passed(self):
+        if self.ready is not None:
+            self.ready.synchronize()
+        return bool(self.ok.reshape(()).item())
 
 
 class _EventHist(NamedTuple):

@@ -63,12 +63,12 @@ def make_optimizer(params, lr, method="mgpp"):
     return {"gmp": mgpp_ext.GMP, "platon": mgpp_ext.PLATON}[method](params, lr=lr, **kw)
 
 
-def single_process(lr, method="mgpp"):
+def single_process(lr, method="mgpp", data=None):
     """The reference: one process, the whole global batch."""
     model = make_model()
     opt = make_optimizer(model.parameters(), lr, method)
     thresholds = []
-    train(model, opt, batches(HYPER["total_steps"]), record=thresholds)
+    train(model, opt, batches(HYPER["total_steps"]) if data is None else data, record=thresholds)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, thresholds
 
 
@@ -134,5 +134,43 @@ def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None, method="mgpp"):
         torch.save({"state": state, "thresholds": thresholds, "masks": masks, "sparsity": sparsity,
                     "comm": comm, "events": events},
                    os.path.join(out_dir, f"fsdp{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+# Calls whose gradient is poisoned on rank 1 only: between events (t = 4, 5)
+# and on the event at t = 6 (the step index lags the call by the skips).
+BAD_CALLS = (4, 6, 8)
+SKIP_CALLS = HYPER["total_steps"] + len(BAD_CALLS)
+
+
+def fsdp_skip_worker(rank, world, port, out_dir, defer):
+    """on_nonfinite='skip' under FSDP2 with an inf/NaN on one rank only: every
+    rank skips the same steps, whether the check is read at once or left on
+    the device (``defer``) and read by the next call."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    _init(rank, world, port)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        model = make_model()
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = mgpp_ext.MGPP(model.parameters(), lr=1e-2, on_nonfinite="skip", **HYPER)
+        opt._defer_finite_check = defer
+        for call, (x, y) in enumerate(batches(SKIP_CALLS)):
+            per = x.shape[0] // world
+            xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+            torch.nn.functional.cross_entropy(model(xs), ys).backward()
+            if rank == 1 and call in BAD_CALLS:
+                next(model.parameters()).grad.to_local().view(-1)[0] = float("nan")
+            opt.step()
+            opt.zero_grad()
+        state = {k: v.full_tensor() for k, v in model.state_dict().items()}
+        torch.save({"state": state, "record": opt.schedule_state()},
+                   os.path.join(out_dir, f"skip{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -73,6 +73,22 @@ def test_fsdp2_training_matches_single_process(tmp_path):
         assert r["comm"] == [2 * 65536 * 4 if e else 0 for e in r["events"]], r["comm"]
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["checked-at-once", "checked-next-call"])
+def test_fsdp2_skip_keeps_ranks_together(tmp_path, defer):
+    """An inf/NaN gradient on one rank: both ranks skip that step (the flag is
+    all-reduced on the device) and the run equals one that never saw it."""
+    good = [b for i, b in enumerate(W.batches(W.SKIP_CALLS)) if i not in W.BAD_CALLS]
+    ref_state, _ = W.single_process(lr=1e-2, data=good)
+    spawn(W.fsdp_skip_worker, str(tmp_path), defer)
+    r0, r1 = (torch.load(tmp_path / f"skip{r}.pt") for r in range(2))
+    assert r0["record"] == r1["record"]
+    assert r0["record"]["skipped_steps"] == len(W.BAD_CALLS)
+    assert r0["record"]["step"] == W.HYPER["total_steps"] and r0["record"]["events"] == 4
+    for k in ref_state:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+        torch.testing.assert_close(r0["state"][k], ref_state[k], rtol=1e-4, atol=1e-5)
+
+
 # MGPP saved between events; PLATON mid-window (its scores' window sum and
 # step count must survive torch.distributed.checkpoint too)
 @pytest.mark.parametrize("method,resume_at", [("mgpp", 6), ("platon", 5)])

@@ -45,6 +45,12 @@ def test_mgpp_step_with_histogram_window(device):
     opcheck(OPS.mgpp_step_, step_args(device, torch.float32, False, True) + (0x3f00, 0x3f80))
 
 
+@pytest.mark.parametrize("gate", [True, False])
+def test_mgpp_step_gated(device, gate):
+    args = step_args(device, torch.float32, True, True) + (0, ops.HIST_BINS - 1, None, 0)
+    opcheck(OPS.mgpp_step_, args, {"apply_if": torch.tensor(gate, device=device)})
+
+
 def test_mgpp_step_without_prior(device):
     opcheck(OPS.mgpp_step_, step_args(device, torch.float32, False, False, apply_prior=False, step=1))
 

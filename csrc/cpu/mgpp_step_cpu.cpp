@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../step_checks.h"
 #include "cpu_utils.h"
 
 namespace mgpp_ext {
@@ -293,13 +294,15 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
                    int64_t step, bool apply_prior, double num_examples,
                    double lambda_mix, double sigma0_sq, double sigma1_sq,
                    int64_t hist_lo, int64_t hist_hi,
-                   const std::optional<at::Tensor>& hist1, int64_t hist1_lo) {
+                   const std::optional<at::Tensor>& hist1, int64_t hist1_lo,
+                   const std::optional<at::Tensor>& apply_if) {
   check_step_args(params, grads, exp_avgs, exp_avg_sqs, masks, hist, lr, beta1,
                   beta2, eps, step, apply_prior, num_examples, lambda_mix,
                   sigma0_sq, sigma1_sq);
   check_hist_window(hist_lo, hist_hi, "mgpp_step_");
   const int64_t n1 = check_hist1(hist1, hist1_lo, hist_lo, hist_hi, hist, "mgpp_step_");
   if (params.empty()) return;
+  if (check_apply_if(apply_if, params[0].device(), "mgpp_step_") && !apply_if->item<bool>()) return;
   const StepConsts c =
       make_consts(lr, beta1, beta2, eps, weight_decay, step, apply_prior,
                   num_examples, lambda_mix, sigma0_sq, sigma1_sq);

@@ -23,6 +23,7 @@
 
 #include <vector>
 
+#include "../step_checks.h"
 #include "../threshold.h"
 #include "hist_block.cuh"
 #include "mgpp_step_kernel.cuh"
@@ -155,7 +156,8 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
                     double weight_decay, int64_t step, bool apply_prior,
                     double num_examples, double lambda_mix, double sigma0_sq,
                     double sigma1_sq, int64_t hist_lo, int64_t hist_hi,
-                    const std::optional<at::Tensor>& hist1, int64_t hist1_lo) {
+                    const std::optional<at::Tensor>& hist1, int64_t hist1_lo,
+                    const std::optional<at::Tensor>& apply_if) {
   const char* op = "mgpp_step_";
   check_hist_window(hist_lo, hist_hi, op);
   const int64_t hist1_n = check_hist1(hist1, hist1_lo, hist_lo, hist_hi, hist, op);
@@ -174,6 +176,8 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
   // Work copies, the stream and the launches all belong to this device.
   const c10::cuda::CUDAGuard guard(device);
   check_hist(hist, device, op, /*may_be_empty=*/true);
+  // Read by every block of the kernel, never by the host.
+  const bool* gate = check_apply_if(apply_if, device, op) ? apply_if->data_ptr<bool>() : nullptr;
   // The CPU kernel checks the same conditions.
   TORCH_CHECK(lr >= 0, op, ": 'lr' must be >= 0, got ", lr);
   TORCH_CHECK(beta1 >= 0 && beta1 < 1, op, ": 'beta1' must be in [0, 1), got ",
@@ -260,7 +264,8 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
                          lambda_mix,   sigma0_sq,   sigma1_sq,
                          static_cast<int>(hist_lo),  static_cast<int>(hist_hi),
                          hist1_n > 0 ? hist1->data_ptr<int64_t>() : nullptr,
-                         static_cast<int>(hist1_lo), static_cast<int>(hist1_n)};
+                         static_cast<int>(hist1_lo), static_cast<int>(hist1_n),
+                         gate};
   int64_t* hist_ptr = hist.numel() > 0 ? hist.data_ptr<int64_t>() : nullptr;
   check_launch(ck::launch_mgpp_step(table, hp, hist_ptr, current_stream()), op);
   for (auto& t : ps) t.write_back();

@@ -42,6 +42,7 @@ StepScalars make_step_scalars(const StepHyper& hp) {
   s.hist1 = reinterpret_cast<unsigned long long*>(hp.hist1);
   s.hist1_lo = static_cast<uint32_t>(hp.hist1_lo);
   s.hist1_n = hp.hist1 != nullptr ? static_cast<uint32_t>(hp.hist1_n) : 0u;
+  s.apply_if = hp.apply_if;
   return s;
 }
 
@@ -90,6 +91,9 @@ template <class P, class S, bool kMasked, HistMode H>
 __global__ void __launch_bounds__(kBlockSize)
     mgpp_step_kernel(TensorListMeta<kMasked ? 5 : 4> meta, StepScalars s,
                      int64_t* hist) {
+  // A gated-off step: the whole block leaves before it touches anything
+  // (uniform across the block, so no barrier is skipped by some threads).
+  if (s.apply_if != nullptr && !*s.apply_if) return;
   const ChunkView c = chunk_of_block(meta);
   P* __restrict__ p = chunk_ptr<P>(meta.ptr[0][c.tensor], c);
   const P* __restrict__ g = chunk_ptr<const P>(meta.ptr[1][c.tensor], c);

@@ -49,6 +49,10 @@ struct StepHyper {
   int64_t* hist1;
   int hist1_lo;
   int hist1_n;
+  // Optional device flag: when it holds false the launch changes nothing
+  // (the optimizer gates a step on its all_finite check this way, without
+  // the host waiting for the check). nullptr: always apply.
+  const bool* apply_if;
 };
 
 // The per-element constants, computed in double on the host and cast to
@@ -60,6 +64,7 @@ struct StepScalars {
   uint32_t hist_lo, hist_hi;
   unsigned long long* hist1;
   uint32_t hist1_lo, hist1_n;
+  const bool* apply_if;
 };
 
 StepScalars make_step_scalars(const StepHyper& hp);
