@@ -35,8 +35,11 @@ TORCH_LIBRARY(mgpp_ext, m) {
   // bits) of the elements whose high 16 bits are hist1_lo + i, i < n1: the
   // predicted boundary bins, strictly inside the window. apply_if: None, or
   // a one-element bool tensor on the params' device; when it holds False
-  // the op changes nothing (it is read on the device, so a GPU step can be
-  // gated on a device-side check without a host round trip).
+  // params and state are left as they are (it is read on the device, so a
+  // GPU step can be gated on a device-side check without a host round
+  // trip), and hist, if given, receives every element in bin hist_lo, so
+  // that a select chained on it stays well defined (its result is then
+  // meaningless: the caller reads the gate with the select's result).
   m.def(
       "mgpp_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
       "Tensor(c!)[] exp_avg_sqs, Tensor[] masks, Tensor(d!) hist, float lr, "

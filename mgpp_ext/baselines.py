@@ -163,8 +163,10 @@ class PLATON(MGPP):
         return masks if want_masks else []
 
     def _prune_event(self, t, prunable, hist):
-        super()._prune_event(t, prunable, hist)
+        if not super()._prune_event(t, prunable, hist):
+            return False
         if t == self.schedule.t_e:  # the scores are not needed once the mask is fixed
             for p in prunable:
                 for key in self._fp32_state_keys:
                     self.state[p].pop(key, None)
+        return True

@@ -53,10 +53,13 @@ def mgpp_step_(params, grads, exp_avgs, exp_avg_sqs, masks, hist, *, lr, beta1, 
     of the elements whose level-0 bin is ``hist1_lo + i``: the bins predicted
     to hold the threshold, strictly inside the window. When one of them does,
     the event needs no level-1 pass. ``apply_if``, a one-element bool
-    tensor on the params' device, gates the whole op: when it holds False
-    nothing is changed. It is read where the kernel runs, so on a GPU the
-    host does not wait for it (the optimizer passes its ``all_finite``
-    check this way).
+    tensor on the params' device, gates the op: when it holds False params
+    and state are left as they are, and ``hist`` (if given) receives every
+    element in bin ``hist_window[0]``, so that a select chained on it stays
+    well defined though meaningless. It is read where the kernel runs, so
+    on a GPU the host does not wait for it (the optimizer passes its
+    ``all_finite`` check this way, and reads it back with the select's
+    result on an event).
     """
     lo, hi = hist_window
     _ops().mgpp_step_(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
@@ -102,8 +105,13 @@ def all_finite(tensors):
 
 
 def new_select_state(k, device):
-    """A fresh select state asking for the k-th smallest element."""
-    return torch.tensor([int(k), 0, 0, 0], dtype=torch.int64, device=device)
+    """A fresh select state asking for the k-th smallest element.
+
+    Filled on the device: a tensor built from a host list would be a
+    pageable copy, which makes the host wait for the GPU."""
+    state = torch.zeros(4, dtype=torch.int64, device=device)
+    state[:1].fill_(int(k))
+    return state
 
 
 def threshold_from_select_state(select_state):

@@ -58,8 +58,9 @@ class MGPP(torch.optim.Optimizer):
             the host wait for the GPU: its result gates the fused kernel on
             the device (a failed check changes nothing) and is read back by
             the next call to ``step``, ``state_dict`` or a schedule accessor,
-            which then raises or counts the skip. Pruning events and CPU
-            steps check before they change anything, in the same call.
+            which then raises or counts the skip. A pruning event reads it
+            with the threshold's bin, its one host read, and raises or skips
+            within the call, as CPU steps do.
 
     Distributed runs need no option. Under DDP every rank holds the whole
     model and takes the same step. FSDP2 (DTensor) parameters carry their
@@ -211,15 +212,16 @@ class MGPP(torch.optim.Optimizer):
         self._settle()
         sch, t = self.schedule, self._t
         event = sch.is_event(t)
-        gate = self._finite_gate(event, _local(prunable[0]).device)
+        device = _local(prunable[0]).device
+        gate = self._finite_gate(event, device)
         if gate is None and not self._grads_finite():
             return loss
 
         final = t > sch.t_e
         self._observe_gradients(t, event)
-        device = _local(prunable[0]).device
         want_hist = event and self._magnitude_scores
-        hist = self._event_histograms(prunable, device) if want_hist else None
+        hist = self._event_histograms(prunable, device, gate) if want_hist else None
+        stepped = []
         no_hist = torch.empty(0, dtype=torch.int64, device=device)
         prior_kw = dict(num_examples=self.num_train_examples, lambda_mix=sch.lambda_at(t),
                         sigma0_sq=self.sigma0_sq, sigma1_sq=self.sigma1_sq)
@@ -238,6 +240,7 @@ class MGPP(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
+                stepped.append(p)
                 pruned = self._is_pruned(p, group)
                 key = (pruned, _local(p).device, p.dtype, int(state["step"].item()))
                 buckets.setdefault(key, []).append(p)
@@ -260,10 +263,14 @@ class MGPP(torch.optim.Optimizer):
                 full = torch.zeros_like(hist.level0)
                 ops.abs_histogram_([_local(p) for p in missing], ops.new_select_state(1, device), full, 0)
                 _fold_into_window(full, hist.level0, hist.window)
-            self._prune_event(t, prunable, hist)
-        if gate is not None:
-            self._pending = _PendingCheck.start(gate, t, [
-                p for g in self.param_groups for p in g["params"] if p.grad is not None])
+            if not self._prune_event(t, prunable, hist):
+                # The gate read with the select's result failed: the kernel
+                # wrote nothing, and nothing after it was applied.
+                self._take_back(stepped)
+                self._refuse_nonfinite(None)
+                return loss
+        elif gate is not None:
+            self._pending = _PendingCheck.start(gate, t, stepped)
         self._t += 1
         return loss
 
@@ -275,13 +282,14 @@ class MGPP(torch.optim.Optimizer):
         return device.type == "cuda"
 
     def _finite_gate(self, event, device):
-        """The inf/NaN check of a step between pruning events, left on the
-        device: a one-element bool tensor that gates the fused kernel, read
-        back by the next call (``_settle``), so that such a step never makes
-        the host wait for the GPU. None when the check is read now instead:
-        on events (they need the host anyway), on CPU, for methods that
-        observe gradients, and when gradients live on several devices."""
-        if event or not self._defers_finite_check(device):
+        """The inf/NaN check left on the device: a one-element bool tensor
+        that gates the fused kernel. Between pruning events it is read back
+        by the next call (``_settle``), so that such a step never makes the
+        host wait for the GPU; on an event it is read together with the
+        select's result, the event's one host read. None when the check is
+        read at once instead: on CPU, for methods that observe gradients or
+        do not select on |w|, and when gradients live on several devices."""
+        if not self._defers_finite_check(device) or (event and not self._magnitude_scores):
             return None
         grads = [_local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not grads or any(gr.device != device for gr in grads):
@@ -303,31 +311,39 @@ class MGPP(torch.optim.Optimizer):
         pending, self._pending = self._pending, None
         if pending is None or pending.passed():
             return
-        for p in pending.stepped:
+        self._take_back(pending.stepped)
+        self._t -= 1
+        self._refuse_nonfinite(pending.t)
+
+    def _take_back(self, stepped):
+        """Undo the host's count of a step whose gate failed on the device."""
+        for p in stepped:
             state = self.state[p]
             state["step"] -= 1
             if int(state["step"].item()) == 0:  # the step created it: as if never taken
                 del self.state[p]
-        self._t -= 1
-        self._refuse_nonfinite(pending.t)
 
-    def _event_histograms(self, prunable, device):
+    def _event_histograms(self, prunable, device, gate):
         """The histograms an event's fused pass fills: level 0 in the window
         predicted by the last event and, when that event also predicted the
         threshold's bin, the level-1 histograms of that bin and its two
         neighbours (skipped when a prunable tensor has no gradient, since the
         fused pass would not see it, and for bf16 weights, which never need
-        a level-1 pass)."""
+        a level-1 pass). ``gate``: the step's device-side inf/NaN check, or
+        None."""
         level0 = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
         lo, hi = self._hist_window
         lo1 = self._bin_guess - 1
         if self._bin_guess < 0 or not (lo < lo1 and lo1 + 2 < hi) or _low_bits_zero(prunable) \
                 or any(p.grad is None for p in prunable):
-            return _EventHist(level0, self._hist_window, None, 0)
+            return _EventHist(level0, self._hist_window, None, 0, gate)
         level1 = torch.zeros(3 * ops.HIST_BINS, dtype=torch.int64, device=device)
-        return _EventHist(level0, self._hist_window, level1, lo1)
+        return _EventHist(level0, self._hist_window, level1, lo1, gate)
 
     def _prune_event(self, t, prunable, hist):
+        """Prune to the schedule's k at step ``t``. Returns False, having
+        changed nothing, when the step's device-side gate (``hist.gate``)
+        turns out to have failed."""
         sch = self.schedule
         n_total = sum(p.numel() for p in prunable)
         k = sch.num_pruned(t, n_total)
@@ -335,21 +351,29 @@ class MGPP(torch.optim.Optimizer):
         local = [_local(p) for p in prunable]
         if k > 0:
             masks = self._prune_k(local, k, n_total, hist, final_event)
+            if masks is None:
+                return False
         else:
+            if hist is not None and hist.gate is not None and not bool(hist.gate.reshape(()).item()):
+                return False
             masks = [torch.ones_like(p, dtype=torch.bool) for p in local] if final_event else []
         self._last_k = k
         self._events += 1
         if final_event:
             for p, m in zip(prunable, masks):
                 self.state[p]["mask"] = _like_param(m, p)
+        return True
 
     def _prune_k(self, local, k, n_total, hist, want_masks):
         """Zero the weights at or below the k-th smallest score over ``local``
         (this rank's pieces), set the threshold, and return the keep-masks
         when ``want_masks`` (else []). MGPP's score is |w|; ``hist`` holds the
-        histograms of it that the fused step built (an ``_EventHist``)."""
-        masks = [torch.empty_like(p, dtype=torch.bool) for p in local] if want_masks else []
+        histograms of it that the fused step built (an ``_EventHist``).
+        None when the step's gate failed (nothing changed)."""
         sel = self._global_select(local, k, n_total, hist, predict=True)
+        if sel is None:
+            return None
+        masks = [torch.empty_like(p, dtype=torch.bool) for p in local] if want_masks else []
         ops.apply_threshold_(local, sel, masks)
         self._threshold = ops.threshold_from_select_state(sel)
         return masks
@@ -372,7 +396,9 @@ class MGPP(torch.optim.Optimizer):
         pass is skipped. Either way the result never depends on the
         predictions. With ``predict``, the next event's window and bin are
         predicted from this one's histogram. Returns the select state (see
-        ``ops.new_select_state``)."""
+        ``ops.new_select_state``), or None if ``hist.gate`` (the step's
+        device-side inf/NaN check, read with the bin) failed: then the
+        histograms were meaningless and nothing was changed."""
         device = local[0].device
         sel = ops.new_select_state(k, device)
         if hist is None:
@@ -383,11 +409,16 @@ class MGPP(torch.optim.Optimizer):
         self._reduce_histogram(level0, n_total)
         ops.select_bin_(level0, sel, 0)
         level1 = None
+        gate_unread = hist.gate is not None
         if window != ops.FULL_WINDOW or predict:
-            # One small device-to-host read per event: the bin, and the
-            # next event's window predicted from this histogram, together.
+            # One small device-to-host read per event: the bin, the next
+            # event's window predicted from this histogram and the gate,
+            # together.
             nxt = self._next_k(n_total) if predict else 0
-            b, nxt_window, guess = _bin_and_next_window(level0, sel, nxt, window, n_total)
+            b, nxt_window, guess, ok = _bin_and_next_window(level0, sel, nxt, window, n_total, hist.gate)
+            if not ok:
+                return None
+            gate_unread = False
             lo, hi = window
             if (b == lo and lo > 0) or (b == hi and hi < ops.HIST_BINS - 1):
                 self._window_misses += 1
@@ -396,12 +427,14 @@ class MGPP(torch.optim.Optimizer):
                 ops.abs_histogram_(local, sel, level0, 0)
                 self._reduce_histogram(level0, n_total)
                 ops.select_bin_(level0, sel, 0)
-                b, nxt_window, guess = _bin_and_next_window(level0, sel, nxt, ops.FULL_WINDOW, n_total)
+                b, nxt_window, guess, _ = _bin_and_next_window(level0, sel, nxt, ops.FULL_WINDOW, n_total)
             elif hist.level1 is not None and 0 <= b - hist.level1_lo < hist.level1.numel() // ops.HIST_BINS:
                 i = b - hist.level1_lo
                 level1 = hist.level1[i * ops.HIST_BINS:(i + 1) * ops.HIST_BINS]
             if predict:
                 self._hist_window, self._bin_guess = nxt_window, guess
+        if gate_unread and not bool(hist.gate.reshape(()).item()):
+            return None
         if level1 is None and _low_bits_zero(local):
             # The level-0 bin is the value itself: tau is known without a
             # level-1 pass.
@@ -710,6 +743,7 @@ class _EventHist(NamedTuple):
     window: tuple
     level1: Optional[torch.Tensor]  # n1 * HIST_BINS bins, or None
     level1_lo: int
+    gate: Optional[torch.Tensor] = None  # the step's device-side inf/NaN check
 
     def kernel_args(self):
         """mgpp_step_'s keyword arguments for these histograms, but ``hist``."""
@@ -722,21 +756,24 @@ def _low_bits_zero(tensors):
     return all(t.dtype == torch.bfloat16 for t in tensors)
 
 
-def _bin_and_next_window(hist, sel, next_k, window, n_total):
+def _bin_and_next_window(hist, sel, next_k, window, n_total, gate=None):
     """(the level-0 bin just selected, the next event's window, the next
-    event's predicted bin or -1).
+    event's predicted bin or -1, whether ``gate`` holds True).
 
     The predicted bin is where this event's cumulative count reaches
     ``next_k``, and the window is around it; the window is the full range
     (and no bin is predicted) when there is no next event, when ``hist``
     (exact only strictly inside ``window``) cannot place that bin, or when
-    the window would hold too many weights. One host read.
+    the window would hold too many weights. One host read, which also
+    brings ``gate`` (a one-element bool tensor, or None: True).
     """
     full_range = ops.FULL_WINDOW
+    extra = [] if gate is None else [gate.reshape(1).to(torch.int64)]
     if next_k <= 0:
-        return int(sel[1]), full_range, -1
+        b, *ok = torch.cat([sel[1:2]] + extra).tolist()
+        return b, full_range, -1, all(ok)
     cum = hist.cumsum(0)
-    guess = torch.searchsorted(cum, torch.tensor([next_k], device=hist.device))
+    guess = torch.searchsorted(cum, torch.full((1,), next_k, dtype=torch.int64, device=hist.device))
     lo = (guess - _WINDOW_BELOW).clamp(0, ops.HIST_BINS - 1)
     hi = (guess + _WINDOW_ABOVE).clamp(0, ops.HIST_BINS - 1)
     # Weights in the new window, counted in the bins where ``hist`` is
@@ -744,11 +781,11 @@ def _bin_and_next_window(hist, sel, next_k, window, n_total):
     a = lo.clamp(min=window[0] + int(window[0] > 0))
     z = hi.clamp(max=window[1] - int(window[1] < ops.HIST_BINS - 1))
     inside = torch.where(z >= a, cum[z] - torch.where(a > 0, cum[(a - 1).clamp(min=0)], 0), 0)
-    b, g, lo, hi, inside = torch.cat([sel[1:2], guess, lo, hi, inside]).tolist()
+    b, g, lo, hi, inside, *ok = torch.cat([sel[1:2], guess, lo, hi, inside] + extra).tolist()
     placed = window == full_range or window[0] < g < window[1]
     if g >= ops.HIST_BINS or not placed or inside > _WINDOW_MAX_SHARE * n_total:
-        return b, full_range, -1
-    return b, (lo, hi), g
+        return b, full_range, -1, all(ok)
+    return b, (lo, hi), g, all(ok)
 
 
 def _fold_into_window(full, hist, window):

@@ -6,6 +6,8 @@ the GPU. These tests force that path on every device and hold it to the
 check read at once: the same weights and state bitwise, the same schedule,
 the same errors (one call later).
 """
+import warnings
+
 import pytest
 import torch
 
@@ -66,19 +68,25 @@ def test_apply_if_false_changes_nothing(device, dtype, masked):
     v = [x.abs() for x in v]
     masks = [torch.rand(s, generator=g).to(device) > 0.5 for s in shapes] if masked else []
     hist = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device=device)
+    hist1 = torch.zeros(2 * ops.HIST_BINS, dtype=torch.int64, device=device)
+    lo = 0x3c00
     kw = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=3, apply_prior=True,
-              num_examples=10.0, lambda_mix=0.1, sigma0_sq=1e-6, sigma1_sq=0.1)
+              num_examples=10.0, lambda_mix=0.1, sigma0_sq=1e-6, sigma1_sq=0.1,
+              hist_window=(lo, 0x3f90), hist1_lo=0x3f80)
     before = [x.clone() for x in p + m + v]
-    ops.mgpp_step_(p, gr, m, v, masks, hist, apply_if=torch.tensor(False, device=device), **kw)
+    ops.mgpp_step_(p, gr, m, v, masks, hist, apply_if=torch.tensor(False, device=device), hist1=hist1, **kw)
     assert all(torch.equal(a, b) for a, b in zip(before, p + m + v))
-    assert int(hist.sum()) == 0
+    # every element in bin lo, so that a select chained on it stays defined
+    assert int(hist[lo]) == 70016 and int(hist.sum()) == 70016 and int(hist1.sum()) == 0
     # True is the same as no gate, bitwise
     p2, m2, v2 = ([x.clone() for x in xs] for xs in (p, m, v))
-    h2 = hist.clone()
-    ops.mgpp_step_(p, gr, m, v, masks, hist, apply_if=torch.tensor([True], device=device), **kw)
-    ops.mgpp_step_(p2, gr, m2, v2, masks, h2, **kw)
+    hist.zero_()
+    h2, h12 = hist.clone(), hist1.clone()
+    ops.mgpp_step_(p, gr, m, v, masks, hist, apply_if=torch.tensor([True], device=device), hist1=hist1, **kw)
+    ops.mgpp_step_(p2, gr, m2, v2, masks, h2, hist1=h12, **kw)
     assert all(torch.equal(bits(a), bits(b)) for a, b in zip(p + m + v, p2 + m2 + v2))
     assert torch.equal(hist, h2) and int(hist.sum()) == 70016
+    assert torch.equal(hist1, h12)
 
 
 @pytest.mark.parametrize("gate,match", [
@@ -127,13 +135,20 @@ def test_events_and_clean_steps_leave_nothing_pending(device):
 # -- same run as the check read at once -------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_skip_matches_immediate_check_bitwise(device, dtype):
+@pytest.mark.parametrize("initial_sparsity", [0.25, 0.0], ids=["first-event-prunes", "first-event-k0"])
+def test_skip_matches_immediate_check_bitwise(device, dtype, initial_sparsity):
     """Bad gradients at the first step (which creates the state), just before
-    an event, on an event, twice in a row, in the masked final phase and at
-    the very end; the deferred run matches the immediate one after every call."""
-    bad = {0, 1, 5, 6, 7, 10, 16, 18}  # calls; the step index t lags by the skips before
-    (pa, a), (pb, b) = make(device, False, dtype, on_nonfinite="skip"), make(device, True, dtype, on_nonfinite="skip")
-    for t in range(19):
+    an event, on events (the first one with k = 0 or not; later ones with a
+    predicted window and level-1 bins), several in a row, in the masked
+    final phase and at the very end; the deferred run matches the immediate
+    one after every call."""
+    # calls; the step index t lags by the skips before. Bad at t = 0, 0 (the
+    # first step), 2, 2, 2, 2 (the first event), 4, 5 (just before event 6),
+    # 8 (the last event), 10 (masked final phase) and 11 (the last step).
+    bad = {0, 1, 4, 5, 6, 7, 10, 12, 16, 19, 21}
+    (pa, a), (pb, b) = (make(device, defer, dtype, on_nonfinite="skip", initial_sparsity=initial_sparsity)
+                        for defer in (False, True))
+    for t in range(22):
         for ps, opt in ((pa, a), (pb, b)):
             grads(ps, t, bad=t in bad)
             opt.step()
@@ -180,6 +195,52 @@ def test_raise_comes_one_call_later_and_changes_nothing(device):
             opt.step()
     assert all(torch.equal(x, y) for x, y in zip(device_state(pa, a), device_state(pb, b)))
     assert host_record(a) == host_record(b)
+
+
+def test_event_raises_within_the_call(device):
+    """An event reads the gate with the threshold's bin: a bad gradient there
+    raises at once, and the weights, state and schedule are as before."""
+    (pa, a), (pb, b) = make(device, False), make(device, True)
+    for t in range(6):
+        for ps, opt in ((pa, a), (pb, b)):
+            grads(ps, t)
+            opt.step()
+    assert a.schedule.is_event(6)
+    for ps, opt in ((pa, a), (pb, b)):
+        before = [x.clone() for x in device_state(ps, opt)]
+        rec = opt.schedule_state()
+        grads(ps, 6, bad=True)
+        with pytest.raises(FloatingPointError, match="a gradient contains inf or NaN; no parameter"):
+            opt.step()
+        assert opt._pending is None and opt.schedule_state() == rec
+        assert all(torch.equal(x, y) for x, y in zip(before, device_state(ps, opt)))
+    for t in range(6, 12):
+        for ps, opt in ((pa, a), (pb, b)):
+            grads(ps, t)
+            opt.step()
+    assert all(torch.equal(x, y) for x, y in zip(device_state(pa, a), device_state(pb, b)))
+    assert host_record(a) == host_record(b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_host_waits_on_cuda():
+    """No step between events makes the host wait for the GPU, and an event
+    waits once (plus once per window miss, which rebuilds its histogram)."""
+    params, opt = make("cuda", None)
+    waits = []
+    for t in range(12):
+        grads(params, t)
+        misses = opt._window_misses
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                opt.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        n = sum("synchronizing" in str(w.message) for w in seen)
+        waits.append(n - (opt._window_misses - misses))
+    assert waits == [int(opt.schedule.is_event(t)) for t in range(12)]
 
 
 @pytest.mark.parametrize("read", ["current_step", "schedule_state", "state_dict", "mask_fixed",

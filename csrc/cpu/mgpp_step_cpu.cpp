@@ -302,7 +302,14 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
   check_hist_window(hist_lo, hist_hi, "mgpp_step_");
   const int64_t n1 = check_hist1(hist1, hist1_lo, hist_lo, hist_hi, hist, "mgpp_step_");
   if (params.empty()) return;
-  if (check_apply_if(apply_if, params[0].device(), "mgpp_step_") && !apply_if->item<bool>()) return;
+  if (check_apply_if(apply_if, params[0].device(), "mgpp_step_") && !apply_if->item<bool>()) {
+    if (hist.numel() > 0) {
+      int64_t total = 0;
+      for (const auto& t : params) total += t.numel();
+      hist.data_ptr<int64_t>()[hist_lo] += total;
+    }
+    return;
+  }
   const StepConsts c =
       make_consts(lr, beta1, beta2, eps, weight_decay, step, apply_prior,
                   num_examples, lambda_mix, sigma0_sq, sigma1_sq);

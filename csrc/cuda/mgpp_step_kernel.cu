@@ -91,10 +91,20 @@ template <class P, class S, bool kMasked, HistMode H>
 __global__ void __launch_bounds__(kBlockSize)
     mgpp_step_kernel(TensorListMeta<kMasked ? 5 : 4> meta, StepScalars s,
                      int64_t* hist) {
-  // A gated-off step: the whole block leaves before it touches anything
-  // (uniform across the block, so no barrier is skipped by some threads).
-  if (s.apply_if != nullptr && !*s.apply_if) return;
   const ChunkView c = chunk_of_block(meta);
+  // A gated-off step: the whole block leaves before it writes anything
+  // (uniform across the block, so no barrier is skipped by some threads),
+  // counting its elements in bin hist_lo so that an event's select chained
+  // on the histogram stays well defined (see the op's schema).
+  if (s.apply_if != nullptr && !*s.apply_if) {
+    if constexpr (H != HistMode::kNone) {
+      if (threadIdx.x == 0) {
+        atomicAdd(reinterpret_cast<unsigned long long*>(hist) + s.hist_lo,
+                  static_cast<unsigned long long>(c.len));
+      }
+    }
+    return;
+  }
   P* __restrict__ p = chunk_ptr<P>(meta.ptr[0][c.tensor], c);
   const P* __restrict__ g = chunk_ptr<const P>(meta.ptr[1][c.tensor], c);
   S* __restrict__ m = chunk_ptr<S>(meta.ptr[2][c.tensor], c);
