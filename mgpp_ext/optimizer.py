@@ -54,11 +54,11 @@ class MGPP(torch.optim.Optimizer):
             steps itself before calling ``step``.) With FSDP2 only the rank
             whose gradient shard holds the inf/NaN raises, so there
             ``"raise"`` is fatal to the run; ``"skip"`` keeps the ranks in step.
-            On CUDA the check of a step between pruning events never makes
-            the host wait for the GPU: its result gates the fused kernel on
-            the device (a failed check changes nothing) and is read back by
-            the next call to ``step``, ``state_dict`` or a schedule accessor,
-            which then raises or counts the skip. A pruning event reads it
+            On CUDA a step between pruning events does not wait for its own
+            check: the result gates the fused kernel on the device (a failed
+            check changes nothing) and is read back by the next call to
+            ``step``, ``state_dict`` or a schedule accessor (by then it has
+            long arrived), which then raises or counts the skip. A pruning event reads it
             with the threshold's bin, its one host read, and raises or skips
             within the call, as CPU steps do.
 
@@ -284,8 +284,8 @@ class MGPP(torch.optim.Optimizer):
     def _finite_gate(self, event, device):
         """The inf/NaN check left on the device: a one-element bool tensor
         that gates the fused kernel. Between pruning events it is read back
-        by the next call (``_settle``), so that such a step never makes the
-        host wait for the GPU; on an event it is read together with the
+        by the next call (``_settle``), so that such a step does not wait for
+        the GPU to finish it; on an event it is read together with the
         select's result, the event's one host read. None when the check is
         read at once instead: on CPU, for methods that observe gradients or
         do not select on |w|, and when gradients live on several devices."""
@@ -320,8 +320,13 @@ class MGPP(torch.optim.Optimizer):
         for p in stepped:
             state = self.state[p]
             state["step"] -= 1
-            if int(state["step"].item()) == 0:  # the step created it: as if never taken
-                del self.state[p]
+            if int(state["step"].item()) == 0:
+                # The step created the moments: as if it had never been
+                # taken. Anything else (a final mask) stays.
+                for key in ("step", "exp_avg", "exp_avg_sq"):
+                    del state[key]
+                if not state:
+                    del self.state[p]
 
     def _event_histograms(self, prunable, device, gate):
         """The histograms an event's fused pass fills: level 0 in the window
@@ -525,7 +530,7 @@ class MGPP(torch.optim.Optimizer):
         if self.on_nonfinite == "raise":
             what = ("a gradient contains inf or NaN; no parameter or state was changed" if late_step is None
                     else f"a gradient of step {late_step} contained inf or NaN (its check is read back one "
-                         "call later, so that steps between pruning events never wait for the GPU); that "
+                         "call later, so that steps between pruning events do not wait for the GPU); that "
                          "step changed no parameter or state, and neither did this call")
             raise FloatingPointError(
                 f"{type(self).__name__}: {what}. "
@@ -657,8 +662,8 @@ class MGPP(torch.optim.Optimizer):
                     held[pid] = kept
                 state[pid] = st
             state_dict["state"] = state
-        self._pending = None  # the loaded state replaces the step it was about
         super().load_state_dict(state_dict)
+        self._pending = None  # the loaded state replaces the step it was about
         if held:
             for pid, p in self._saved_ids_with_params(state_dict):
                 for k, v in held.get(pid, {}).items():
@@ -732,7 +737,9 @@ class _PendingCheck(NamedTuple):
         return cls(ok, ready, t, stepped)
 
     def passed(self):
-        if self.ready is not None:
+        # By the next call the forward and backward in between have run, so
+        # the event has almost always passed and query() costs no wait.
+        if self.ready is not None and not self.ready.query():
             self.ready.synchronize()
         return bool(self.ok.reshape(()).item())
 

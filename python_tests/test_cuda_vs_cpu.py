@@ -131,8 +131,17 @@ def test_threshold_ops_agree(case, dtype):
     xs = [x.to(dtype) for x in threshold_cases()[case]()]
     gx = [x.cuda() for x in xs]
     n = sum(x.numel() for x in xs)
+    n_nan = sum(int(x.isnan().sum()) for x in xs)
+    # fp16 NaN payloads may widen differently (the GPU's half-to-float
+    # conversion can make every NaN canonical, the CPU's keeps the payload);
+    # each device still matches its own torch.kthvalue (test_threshold.py).
+    # Such NaNs are compared as NaNs: same rank, possibly different bits.
+    loose_nan = dtype == torch.float16 and n_nan > 0
     for k in sorted({1, 2, n // 3 + 1, n // 2 + 1, (9 * n) // 10 + 1, n}):
         a, b = ops.global_threshold(xs, k), ops.global_threshold(gx, k)
+        if loose_nan and k > n - n_nan:
+            assert bool(a.isnan()) and bool(b.isnan()), (k, a, b)
+            continue
         assert torch.equal(bits(a), bits(b.cpu())), (k, a, b)
         # the building blocks, step by step
         sa, sb = ops.new_select_state(k, "cpu"), ops.new_select_state(k, "cuda")
@@ -141,7 +150,11 @@ def test_threshold_ops_agree(case, dtype):
             hb = torch.zeros(ops.HIST_BINS, dtype=torch.int64, device="cuda")
             ops.abs_histogram_(xs, sa, ha, level)
             ops.abs_histogram_(gx, sb, hb, level)
-            assert torch.equal(ha, hb.cpu()), (k, level)
+            top = ops.HIST_BINS
+            if loose_nan and level == 0:  # NaN keys lie above inf's, 0x7f80
+                top = 0x7f81
+                assert int(ha[top:].sum()) == int(hb[top:].sum()) == n_nan
+            assert torch.equal(ha[:top], hb[:top].cpu()), (k, level)
             ops.select_bin_(ha, sa, level)
             ops.select_bin_(hb, sb, level)
             assert torch.equal(sa, sb.cpu()), (k, level)

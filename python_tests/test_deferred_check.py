@@ -1,8 +1,8 @@
 """The inf/NaN check of a step between pruning events, kept on the device.
 
 On CUDA, ``all_finite``'s result gates the fused kernel (``apply_if``) and
-is read back by the next call, so such a step never makes the host wait for
-the GPU. These tests force that path on every device and hold it to the
+is read back by the next call, so such a step does not wait for the GPU to
+finish it. These tests force that path on every device and hold it to the
 check read at once: the same weights and state bitwise, the same schedule,
 the same errors (one call later).
 """
@@ -161,6 +161,23 @@ def test_skip_matches_immediate_check_bitwise(device, dtype, initial_sparsity):
     assert a.sparsity() == b.sparsity()
 
 
+def test_taking_back_a_first_step_keeps_the_final_mask(device):
+    """A tensor without gradients until after the last event holds only its
+    final mask; when its first step is taken back, the mask stays."""
+    (pa, a), (pb, b) = (make(device, defer, on_nonfinite="skip") for defer in (False, True))
+    for t in range(12):
+        for ps, opt in ((pa, a), (pb, b)):
+            grads(ps, t, bad=t == 10)
+            if t < 10:
+                ps[0].grad = None
+            opt.step()
+    for ps, opt in ((pa, a), (pb, b)):
+        assert opt.current_step == 11 and opt.schedule_state()["skipped_steps"] == 1
+        assert set(opt.state[ps[0]]) == {"step", "exp_avg", "exp_avg_sq", "mask"}
+        assert int(opt.state[ps[0]]["step"]) == 1
+    assert all(torch.equal(x, y) for x, y in zip(device_state(pa, a), device_state(pb, b)))
+
+
 def test_bad_first_step_leaves_no_state(device):
     params, opt = make(device, True, on_nonfinite="skip")
     grads(params, 0, bad=True)
@@ -224,8 +241,10 @@ def test_event_raises_within_the_call(device):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 def test_host_waits_on_cuda():
-    """No step between events makes the host wait for the GPU, and an event
-    waits once (plus once per window miss, which rebuilds its histogram)."""
+    """No step between events makes a synchronizing call (a copy to the host
+    or a stream synchronize, as torch.cuda's sync debug mode counts them),
+    and an event makes one (plus one per window miss, which rebuilds its
+    histogram)."""
     params, opt = make("cuda", None)
     waits = []
     for t in range(12):
