@@ -214,7 +214,7 @@ class MGPP(torch.optim.Optimizer):
         event = sch.is_event(t)
         device = _local(prunable[0]).device
         gate = self._finite_gate(event, device)
-        if gate is None and not self._grads_finite():
+        if gate is None and not self._grads_finite(device):
             return loss
 
         final = t > sch.t_e
@@ -291,12 +291,31 @@ class MGPP(torch.optim.Optimizer):
         do not select on |w|, and when gradients live on several devices."""
         if not self._defers_finite_check(device) or (event and not self._magnitude_scores):
             return None
-        grads = [_local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads or any(gr.device != device for gr in grads):
+        if any(_local(p.grad).device != device for g in self.param_groups for p in g["params"]
+               if p.grad is not None):
             return None
-        ok = ops.all_finite(grads)
+        return self._finite_flag(device)
+
+    def _finite_flag(self, device):
+        """Whether every gradient is finite, as a one-element bool tensor on
+        ``device`` (no host read), or None when no param has a gradient.
+
+        Under "skip" every rank must take or skip the step together, so the
+        flag is the minimum over the shard group; under "raise" the rank
+        that sees the inf/NaN raises on its own, so a clean step costs no
+        communication."""
+        by_device = {}
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    grad = _local(p.grad)
+                    by_device.setdefault(grad.device, []).append(grad)
+        if not by_device:
+            return None
+        oks = [ops.all_finite(gs).to(device) for gs in by_device.values()]
+        ok = oks[0] if len(oks) == 1 else torch.stack(oks).all()
         groups = self._shard_groups() if self.on_nonfinite == "skip" else []
-        if groups:  # every rank takes or skips the step together
+        if groups:
             flag = ok.to(torch.int32).reshape(1)
             for group in groups:
                 torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=group)
@@ -414,8 +433,7 @@ class MGPP(torch.optim.Optimizer):
         self._reduce_histogram(level0, n_total)
         ops.select_bin_(level0, sel, 0)
         level1 = None
-        gate_unread = hist.gate is not None
-        if window != ops.FULL_WINDOW or predict:
+        if window != ops.FULL_WINDOW or predict or hist.gate is not None:
             # One small device-to-host read per event: the bin, the next
             # event's window predicted from this histogram and the gate,
             # together.
@@ -423,7 +441,6 @@ class MGPP(torch.optim.Optimizer):
             b, nxt_window, guess, ok = _bin_and_next_window(level0, sel, nxt, window, n_total, hist.gate)
             if not ok:
                 return None
-            gate_unread = False
             lo, hi = window
             if (b == lo and lo > 0) or (b == hi and hi < ops.HIST_BINS - 1):
                 self._window_misses += 1
@@ -438,8 +455,6 @@ class MGPP(torch.optim.Optimizer):
                 level1 = hist.level1[i * ops.HIST_BINS:(i + 1) * ops.HIST_BINS]
             if predict:
                 self._hist_window, self._bin_guess = nxt_window, guess
-        if gate_unread and not bool(hist.gate.reshape(()).item()):
-            return None
         if level1 is None and _low_bits_zero(local):
             # The level-0 bin is the value itself: tau is known without a
             # level-1 pass.
@@ -499,27 +514,10 @@ class MGPP(torch.optim.Optimizer):
                 f"{type(self).__name__}: all prunable parameters must be on one device for the global threshold, "
                 f"found {sorted(map(str, devices))}")
 
-    def _grads_finite(self):
+    def _grads_finite(self, device):
         """False if the step must be skipped; raises under on_nonfinite='raise'."""
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return True
-        by_device = {}
-        for g in grads:
-            g = _local(g)
-            by_device.setdefault(g.device, []).append(g)
-        ok = all(bool(ops.all_finite(gs)) for gs in by_device.values())
-        # Under "skip" every rank must take or skip the step together; under
-        # "raise" the rank that sees the inf/NaN raises on its own, so a clean
-        # step costs no communication.
-        groups = self._shard_groups() if self.on_nonfinite == "skip" else []
-        if groups:
-            flag = torch.tensor([int(ok)], dtype=torch.int32,
-                                device=_local(self._prunable()[0][2]).device)
-            for group in groups:
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=group)
-            ok = bool(flag.item())
-        if ok:
+        flag = self._finite_flag(device)
+        if flag is None or bool(flag.reshape(()).item()):
             return True
         self._refuse_nonfinite(None)
         return False

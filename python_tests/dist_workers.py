@@ -92,20 +92,27 @@ def ddp_worker(rank, world, port, lr, out_dir):
         dist.destroy_process_group()
 
 
+def sharded_model(mesh):
+    """make_model() with every Linear, then the whole, sharded by FSDP2."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
 def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None, method="mgpp"):
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     _init(rank, world, port)
     try:
         mesh = init_device_mesh("cpu", (world,))
 
         def build():
-            model = make_model()
-            for layer in model:
-                if isinstance(layer, torch.nn.Linear):
-                    fully_shard(layer, mesh=mesh)
-            fully_shard(model, mesh=mesh)
+            model = sharded_model(mesh)
             return model, make_optimizer(model.parameters(), lr, method)
 
         model, opt = build()
@@ -149,16 +156,10 @@ def fsdp_skip_worker(rank, world, port, out_dir, defer):
     rank skips the same steps, whether the check is read at once or left on
     the device (``defer``) and read by the next call."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     _init(rank, world, port)
     try:
-        mesh = init_device_mesh("cpu", (world,))
-        model = make_model()
-        for layer in model:
-            if isinstance(layer, torch.nn.Linear):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        model = sharded_model(init_device_mesh("cpu", (world,)))
         opt = mgpp_ext.MGPP(model.parameters(), lr=1e-2, on_nonfinite="skip", **HYPER)
         opt._defer_finite_check = defer
         for call, (x, y) in enumerate(batches(SKIP_CALLS)):

@@ -51,6 +51,21 @@ def device_state(params, opt):
     return out
 
 
+def step_both(runs, steps):
+    """Steps ``steps`` with clean gradients on every (params, optimizer) run."""
+    for t in steps:
+        for ps, opt in runs:
+            grads(ps, t)
+            opt.step()
+
+
+def assert_same_run(runs):
+    """The two runs hold the same weights, moments, masks and host record."""
+    (pa, a), (pb, b) = runs
+    assert all(torch.equal(x, y) for x, y in zip(device_state(pa, a), device_state(pb, b)))
+    assert host_record(a) == host_record(b)
+
+
 def host_record(opt):
     sd = opt.state_dict()
     steps = [float(s["step"]) for s in sd["state"].values()]
@@ -187,11 +202,8 @@ def test_bad_first_step_leaves_no_state(device):
 
 
 def test_raise_comes_one_call_later_and_changes_nothing(device):
-    (pa, a), (pb, b) = make(device, False), make(device, True)
-    for t in range(4):  # through events 2 and 3
-        for ps, opt in ((pa, a), (pb, b)):
-            grads(ps, t)
-            opt.step()
+    runs = (pa, a), (pb, b) = make(device, False), make(device, True)
+    step_both(runs, range(4))  # through events 2 and 3
     grads(pa, 4, bad=True)
     before = [x.clone() for x in device_state(pa, a)]
     with pytest.raises(FloatingPointError, match="a gradient contains inf or NaN"):
@@ -202,28 +214,21 @@ def test_raise_comes_one_call_later_and_changes_nothing(device):
     with pytest.raises(FloatingPointError,
                        match="a gradient of step 4 contained inf or NaN .*neither did this call"):
         b.step()
-    for ps, opt in ((pa, a), (pb, b)):
+    for ps, opt in runs:
         assert opt.current_step == 4 and opt.schedule_state()["skipped_steps"] == 0
         assert all(torch.equal(x, y) for x, y in zip(before, device_state(ps, opt)))
     # the run goes on from where it stood, the same way
-    for t in range(5, 12):
-        for ps, opt in ((pa, a), (pb, b)):
-            grads(ps, t)
-            opt.step()
-    assert all(torch.equal(x, y) for x, y in zip(device_state(pa, a), device_state(pb, b)))
-    assert host_record(a) == host_record(b)
+    step_both(runs, range(5, 12))
+    assert_same_run(runs)
 
 
 def test_event_raises_within_the_call(device):
     """An event reads the gate with the threshold's bin: a bad gradient there
     raises at once, and the weights, state and schedule are as before."""
-    (pa, a), (pb, b) = make(device, False), make(device, True)
-    for t in range(6):
-        for ps, opt in ((pa, a), (pb, b)):
-            grads(ps, t)
-            opt.step()
+    runs = (pa, a), (pb, b) = make(device, False), make(device, True)
+    step_both(runs, range(6))
     assert a.schedule.is_event(6)
-    for ps, opt in ((pa, a), (pb, b)):
+    for ps, opt in runs:
         before = [x.clone() for x in device_state(ps, opt)]
         rec = opt.schedule_state()
         grads(ps, 6, bad=True)
@@ -231,12 +236,8 @@ def test_event_raises_within_the_call(device):
             opt.step()
         assert opt._pending is None and opt.schedule_state() == rec
         assert all(torch.equal(x, y) for x, y in zip(before, device_state(ps, opt)))
-    for t in range(6, 12):
-        for ps, opt in ((pa, a), (pb, b)):
-            grads(ps, t)
-            opt.step()
-    assert all(torch.equal(x, y) for x, y in zip(device_state(pa, a), device_state(pb, b)))
-    assert host_record(a) == host_record(b)
+    step_both(runs, range(6, 12))
+    assert_same_run(runs)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
@@ -266,9 +267,7 @@ def test_host_waits_on_cuda():
                                   "current_lambda", "current_target_sparsity"])
 def test_accessors_read_the_pending_check(device, read):
     params, opt = make(device, True)
-    for t in range(4):
-        grads(params, t)
-        opt.step()
+    step_both([(params, opt)], range(4))
     grads(params, 4, bad=True)
     opt.step()
     with pytest.raises(FloatingPointError, match="step 4"):
