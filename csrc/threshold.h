@@ -15,10 +15,19 @@ constexpr int kSelectStateSize = 4;
 
 at::Tensor global_threshold(at::TensorList tensors, int64_t k);
 
+// The largest level-0 key of an |x|: its sign bit is clear, so its high 16
+// bits are at most 0x7fff (NaNs); +inf is 0x7f80.
+constexpr int64_t kMaxLevel0Key = 0x7fff;
+
 // A level-0 histogram window: bins [lo, hi] of the 65536, see mgpp_step_.
+// lo above kMaxLevel0Key would clamp every key past the keys a level-0
+// histogram holds (the CUDA kernel keeps only those in shared memory), and
+// such a window holds nothing, so it is refused on every device.
 inline void check_hist_window(int64_t lo, int64_t hi, const char* op) {
   TORCH_CHECK(lo >= 0 && lo <= hi && hi <= 65535, op,
               ": need 0 <= 'hist_lo' <= 'hist_hi' <= 65535, got ", lo, " and ", hi);
+  TORCH_CHECK(lo <= kMaxLevel0Key, op, ": 'hist_lo' must be <= ", kMaxLevel0Key,
+              " (the largest level-0 key of an |x|), got ", lo);
 }
 
 // The optional level-1 histograms of predicted boundary bins: empty/None, or

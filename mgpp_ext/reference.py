@@ -6,13 +6,95 @@ all prunable weights per event), exactly as the authors' code does.
 
 Numerics follow the kernels' contract: parameters may be fp32, bf16 or fp16;
 every step widens param, grad and moments to fp32, does the math in fp32 and
-rounds back to the storage dtype.
+rounds back to the storage dtype. Every fp32 operation here is one the
+kernels perform in the same order, each rounded once, so that one step from
+the same state gives the same bits on every CPU and GPU:
+
+- exp is ``exp_fp32``, the kernels' own (``csrc/exp_fp32.h``): torch.exp
+  rounds differently by CPU and device;
+- sqrt is rounded from float64 (``sqrt_fp32``): torch's CPU sqrt calls
+  Intel MKL, whose code path on non-Intel CPUs is off by one ulp for about
+  15% of inputs;
+- division by a scalar goes through a tensor: on CUDA, torch divides by a
+  host scalar as a multiplication by its reciprocal;
+- beta^step is ``power``, the kernels' binary exponentiation.
 """
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
+
+# The constants of csrc/exp_fp32.h (all exact in fp32).
+_EXP_MAX_ARG = 104.0
+_LOG2E = 1.44269504088896341
+_LN2_HI = 0.693359375
+_LN2_LO = -2.12194440e-4
+_ROUND = 12582912.0  # 1.5 * 2^23
+_ROUND_BITS = 0x4B400000
+_EXP_C = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+          1.6666665459e-1, 5.0000001201e-1)
+
+
+def _f32(x):
+    """A Python float rounded to fp32 (scalars in fp32 ops are rounded so anyway)."""
+    return torch.tensor(x, dtype=torch.float32).item()
+
+
+_LOG2E, _LN2_LO = _f32(_LOG2E), _f32(_LN2_LO)
+_EXP_C = tuple(_f32(c) for c in _EXP_C)
+
+
+def exp_fp32(x):
+    """exp of an fp32 tensor, bitwise as the kernels compute it.
+
+    x = k ln2 + r (Cody-Waite, |r| <= ln2/2), exp(r) by the Cephes
+    polynomial, times 2^k in two exact halves; within 2 ulps of exp for
+    normal results; +inf above 104, 0 below -104, NaN for NaN.
+    """
+    nan = torch.isnan(x)
+    xc = torch.where(nan, torch.zeros_like(x), x).clamp(-_EXP_MAX_ARG, _EXP_MAX_ARG)
+    kr = xc * _LOG2E + _ROUND  # rounds xc * log2(e) to an integer, ties to even
+    k = kr - _ROUND
+    r = xc - k * _LN2_HI
+    r = r - k * _LN2_LO
+    r2 = r * r
+    c0, c1, c2, c3, c4, c5 = _EXP_C
+    q = c0 * r + c1
+    q = q * r + c2
+    q = q * r + c3
+    q = q * r + c4
+    q = q * r + c5
+    y = q * r2 + r
+    y = y + 1.0
+    n = kr.view(torch.int32) - _ROUND_BITS
+    n1 = n >> 1
+    n2 = n - n1
+    y = y * ((n1 + 127) << 23).view(torch.float32)
+    y = y * ((n2 + 127) << 23).view(torch.float32)
+    return torch.where(nan, x, y)
+
+
+def sqrt_fp32(x):
+    """The correctly rounded fp32 sqrt: sqrt in float64, then rounded.
+
+    A double carries more than 2 * 24 + 2 bits, so rounding its sqrt to fp32
+    gives the correctly rounded fp32 sqrt (even a double sqrt one ulp off
+    stays clear of the fp32 rounding boundaries).
+    """
+    return x.double().sqrt().float()
+
+
+def power(base, exponent):
+    """base ** exponent for an int exponent >= 0, as csrc/bias_correction.h."""
+    result = 1.0
+    while exponent > 0:
+        if exponent & 1:
+            result *= base
+        base *= base
+        exponent >>= 1
+    return result
 
 
 def prior_gradient(theta, n, lam, sigma0_sq, sigma1_sq):
@@ -21,15 +103,17 @@ def prior_gradient(theta, n, lam, sigma0_sq, sigma1_sq):
     c2 = 0.5 / sigma0_sq - 0.5 / sigma1_sq
     # P(spike | theta) as 1 / (1 + exp(c1 + c2 theta^2)): exp overflows to
     # inf away from zero and p0 becomes exactly 0, never NaN.
-    p0 = 1.0 / (1.0 + torch.exp(c1 + c2 * (theta * theta)))
+    p0 = 1.0 / (1.0 + exp_fp32(c1 + c2 * (theta * theta)))
     return (theta * (1.0 / n)) * (p0 * (1.0 / sigma0_sq) + (1.0 - p0) * (1.0 / sigma1_sq))
 
 
 def cubic_sparsity(t, t_s, t_e, s_i, s_f):
-    """s_t = s_f + (s_i - s_f) (1 - (t - t_s)/(t_e - t_s))^3 on [t_s, t_e]."""
+    """s_t = s_f + (s_i - s_f) (1 - (t - t_s)/(t_e - t_s))^3 on [t_s, t_e],
+    as an exact fraction of the decimals s_i and s_f (s_i at t_s, s_f at t_e)."""
+    s_i, s_f = Fraction(repr(float(s_i))), Fraction(repr(float(s_f)))
     if t_e == t_s:
         return s_f
-    return s_f + (s_i - s_f) * (1.0 - (t - t_s) / (t_e - t_s)) ** 3
+    return s_f + (s_i - s_f) * (1 - Fraction(t - t_s, t_e - t_s)) ** 3
 
 
 def lambda_annealed(t, t_s, t_e, lam, alpha_i, alpha_f):
@@ -119,9 +203,9 @@ class ReferenceMGPP:
             theta = theta * (1.0 - lr * self.wd)
             m = self.beta1 * m + (1.0 - self.beta1) * grad
             v = self.beta2 * v + (1.0 - self.beta2) * (grad * grad)
-            step_size = lr / (1.0 - self.beta1 ** step)
-            bc2_sqrt = math.sqrt(1.0 - self.beta2 ** step)
-            denom = v.sqrt() / bc2_sqrt + self.eps
+            step_size = lr / (1.0 - power(self.beta1, step))
+            bc2_sqrt = torch.tensor(math.sqrt(1.0 - power(self.beta2, step)), device=v.device)
+            denom = sqrt_fp32(v) / bc2_sqrt + self.eps
             theta = theta - step_size * (m / denom)
             if self.final_mask is not None and self.prune[i]:
                 # After t_e the final mask is fixed and re-applied every step.
@@ -159,7 +243,7 @@ class ReferenceMGPP:
             scores = [p.float().abs() for p in pruned]
         n_total = sum(p.numel() for p in pruned)
         s_t = cubic_sparsity(t, self.t_s, self.t_e, self.s_i, self.s_f)
-        k = math.floor(s_t * n_total)
+        k = math.floor(s_t * n_total)  # exact: s_t is a Fraction
         masks = []
         if k > 0:
             tau = global_threshold(scores, k)

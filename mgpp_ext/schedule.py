@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,23 @@ class Schedule:
         return self.lambda_mix * self.alpha(t)
 
     def sparsity(self, t: int) -> float:
-        """Target sparsity s_t (0 before the first event, s_f after the last)."""
+        """Target sparsity s_t (0 before the first event, s_i at the first,
+        s_f from the last on), the nearest float to the exact value."""
+        return float(self._exact_sparsity(t))
+
+    def _exact_sparsity(self, t: int) -> Fraction:
+        # Exact arithmetic on the decimals the user gave (repr recovers 0.3
+        # from the float 0.3): in floats, s_f + (s_i - s_f) * 1 at t_s is
+        # 0.29999999999999993 for s_i = 0.3 and s_f = 0.9, and floor(s_t N)
+        # then prunes one weight too few when 0.3 N is an integer.
         if t < self.t_s:
-            return 0.0
+            return Fraction(0)
+        s_f = Fraction(repr(float(self.target_sparsity)))
         if t >= self.t_e:
-            return self.target_sparsity
-        frac = (t - self.t_s) / (self.t_e - self.t_s)
-        return self.target_sparsity + (self.initial_sparsity - self.target_sparsity) * (1.0 - frac) ** 3
+            return s_f
+        s_i = Fraction(repr(float(self.initial_sparsity)))
+        frac = Fraction(t - self.t_s, self.t_e - self.t_s)
+        return s_f + (s_i - s_f) * (1 - frac) ** 3
 
     def is_event(self, t: int) -> bool:
         if t == self.t_s or t == self.t_e:
@@ -112,8 +123,8 @@ class Schedule:
         return min((t // self.prune_interval + 1) * self.prune_interval, self.t_e)
 
     def num_pruned(self, t: int, n: int) -> int:
-        """k = floor(s_t * N) weights to prune at an event of step t."""
-        return int(math.floor(self.sparsity(t) * n))
+        """k = floor(s_t * N) weights to prune at an event of step t, exactly."""
+        return math.floor(self._exact_sparsity(t) * n)
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../bias_correction.h"
 #include "../step_checks.h"
 #include "cpu_utils.h"
+#include "exp_vec.h"
 
 namespace mgpp_ext {
 namespace cpu {
@@ -32,17 +34,13 @@ inline fVec vsqrt(const fVec& x) { return x.sqrt(); }
 
 // The prior gradient (p / n) * (p0/sigma0_sq + (1 - p0)/sigma1_sq) with
 // p0 = P(spike | p) = 1 / (1 + exp(c1 + c2 p^2)). exp overflows to +inf far
-// from zero, and then 1/(1+inf) is exactly 0, never NaN.
+// from zero, and then 1/(1+inf) is exactly 0, never NaN. exp_fp32 is the
+// same function in vector lanes and the tail, on every CPU (exp_fp32.h).
 template <typename V>
 inline V prior_grad_exact(const V& p, const StepConsts& c) {
   const V one(1.0f);
   V z = V(c.c1) + V(c.c2) * (p * p);
-  V p0;
-  if constexpr (std::is_same_v<V, float>) {
-    p0 = 1.0f / (1.0f + std::exp(z));
-  } else {
-    p0 = one / (one + z.exp());
-  }
+  V p0 = one / (one + exp_fp32(z));
   return (p * V(c.inv_n)) * (p0 * V(c.inv_s0) + (one - p0) * V(c.inv_s1));
 }
 inline float prior_grad(float p, const StepConsts& c) { return prior_grad_exact(p, c); }
@@ -202,8 +200,8 @@ StepConsts make_consts(double lr, double beta1, double beta2, double eps,
   c.one_minus_beta1 = static_cast<float>(1.0 - beta1);
   c.beta2 = static_cast<float>(beta2);
   c.one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  c.step_size = static_cast<float>(lr / (1.0 - std::pow(beta1, double(step))));
-  c.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, double(step))));
+  c.step_size = static_cast<float>(lr / (1.0 - power(beta1, step)));
+  c.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - power(beta2, step)));
   c.eps = static_cast<float>(eps);
   c.prior = prior;
   if (prior) {

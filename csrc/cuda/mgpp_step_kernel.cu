@@ -10,6 +10,8 @@
 
 #include <cmath>
 
+#include "../bias_correction.h"
+#include "../exp_fp32.h"
 #include "dtype.cuh"
 #include "hist_block.cuh"
 #include "multi_tensor.cuh"
@@ -34,9 +36,8 @@ StepScalars make_step_scalars(const StepHyper& hp) {
   s.b2 = static_cast<float>(hp.beta2);
   s.omb2 = static_cast<float>(1.0 - hp.beta2);
   s.eps = static_cast<float>(hp.eps);
-  const double step = static_cast<double>(hp.step);
-  s.step_size = static_cast<float>(hp.lr / (1.0 - std::pow(hp.beta1, step)));
-  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(hp.beta2, step)));
+  s.step_size = static_cast<float>(hp.lr / (1.0 - power(hp.beta1, hp.step)));
+  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - power(hp.beta2, hp.step)));
   s.hist_lo = static_cast<uint32_t>(hp.hist_lo);
   s.hist_hi = static_cast<uint32_t>(hp.hist_hi);
   s.hist1 = reinterpret_cast<unsigned long long*>(hp.hist1);
@@ -50,13 +51,13 @@ namespace {
 
 // One element, all in fp32. Every operation is rounded on its own, in the
 // order of the formula (the _rn intrinsics forbid FMA contraction and
-// survive --use_fast_math), so the result is the one a plain fp32 CPU
-// implementation of the same formula gives, up to expf's last bit.
+// survive --use_fast_math), and exp is exp_fp32.h's, so the result is
+// bitwise the CPU kernel's and the reference's.
 // exp overflowing to +inf gives p0 = 1/(1+inf) = 0, never NaN.
 __device__ __forceinline__ void mgpp_update(float& p, float g, float& m,
                                             float& v, const StepScalars& s) {
   if (s.apply_prior) {
-    const float e = expf(__fadd_rn(s.c1, __fmul_rn(s.c2, __fmul_rn(p, p))));
+    const float e = exp_fp32::exp(__fadd_rn(s.c1, __fmul_rn(s.c2, __fmul_rn(p, p))));
     const float p0 = __fdiv_rn(1.0f, __fadd_rn(1.0f, e));
     const float pull = __fadd_rn(__fmul_rn(p0, s.inv_s0),
                                  __fmul_rn(__fsub_rn(1.0f, p0), s.inv_s1));
