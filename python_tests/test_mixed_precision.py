@@ -58,9 +58,19 @@ def test_autocast_fine_tune(device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
-def test_fp16_autocast_overflow_steps_do_not_advance_the_schedule():
+def test_fp16_autocast_overflow_steps_never_reach_mgpp(monkeypatch):
     # A huge initial scale overflows fp16 gradients: GradScaler skips those
-    # steps and halves the scale; MGPP's step counter counts only real steps.
+    # steps (MGPP's step is not called) and halves the scale. MGPP counts
+    # exactly the steps it was given, and raised on none (an inf reaching it
+    # would raise under its default on_nonfinite="raise").
+    calls = []
+    real = MGPP.step
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(MGPP, "step", counted)
     _, opt, _, _ = run("cuda", autocast=True, steps=60, init_scale=2.0 ** 40)
-    assert opt.current_step < 60
+    assert 0 < len(calls) < 60
+    assert opt.current_step == len(calls)
     assert opt.schedule_state()["skipped_steps"] == 0

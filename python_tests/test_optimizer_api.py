@@ -364,14 +364,20 @@ def test_nonfinite_grad_skip(device):
 
 
 def test_grad_scaler(device):
-    """GradScaler unscales before MGPP sees the gradients and skips inf steps itself."""
-    def run(use_scaler, inf_at=()):
+    """GradScaler unscales before MGPP sees the gradients. On an overflow the
+    scaler never calls MGPP's step, so what can be checked is that the
+    overflowed batch leaves no trace: the run equals one without that batch.
+    What MGPP itself does with the same inf gradient (on_nonfinite="skip")
+    must give that run too, and count the skip."""
+    def run(use_scaler, inf_at=(), drop=(), **opt_kw):
         torch.manual_seed(0)
         model = torch.nn.Linear(6, 4).to(device)
         opt = MGPP(model.parameters(), lr=1e-2, total_steps=10, num_train_examples=100,
-                   initial_warmup_steps=2)
+                   initial_warmup_steps=2, **opt_kw)
         scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 10, enabled=use_scaler)
         for t in range(5):
+            if t in drop:
+                continue
             gen = torch.Generator().manual_seed(t)
             x = torch.randn(3, 6, generator=gen).to(device)
             opt.zero_grad()
@@ -385,23 +391,31 @@ def test_grad_scaler(device):
     assert scaled_opt.current_step == plain_opt.current_step == 5
     for p, q in zip(plain.parameters(), scaled.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)  # power-of-2 scale: exact in practice
-    _, skipped_opt = run(True, inf_at=(1,))
-    assert skipped_opt.current_step == 4
-    assert skipped_opt.schedule_state()["skipped_steps"] == 0  # GradScaler skipped it, not MGPP
+    without, without_opt = run(True, drop=(1,))
+    overflowed, overflowed_opt = run(True, inf_at=(1,))
+    own, own_opt = run(False, inf_at=(1,), on_nonfinite="skip")
+    for other, other_opt in ((overflowed, overflowed_opt), (own, own_opt)):
+        assert all(torch.equal(p, q) for p, q in zip(without.parameters(), other.parameters()))
+        assert other_opt.current_step == without_opt.current_step == 4
+        assert other_opt.schedule_state()["events"] == without_opt.schedule_state()["events"]
+    assert overflowed_opt.schedule_state()["skipped_steps"] == 0  # the scaler skipped it
+    assert own_opt.schedule_state()["skipped_steps"] == 1  # MGPP skipped it
 
 
 def test_sigma0_sq_below_the_fp32_range(device):
     """1/sigma0_sq must be representable in fp32, or the prior turns every
-    weight into NaN (0 * inf). Either refuse such a sigma0_sq or stay finite."""
+    weight into NaN (0 * inf): such a sigma0_sq is refused by name, and at
+    the smallest accepted one every weight stays finite."""
     w = torch.tensor([[0.0, 1e-20, 1e-3, 0.5]], device=device)
-    try:
-        opt = MGPP([w], lr=1e-3, total_steps=10, num_train_examples=100, sigma0_sq=1e-39)
-    except ValueError as e:
-        assert "sigma0_sq" in str(e)
-        return
+    kw = dict(lr=1e-3, total_steps=10, num_train_examples=100, sigma1_sq=1.0)
+    for bad in (1e-39, 1e-45):
+        with pytest.raises(ValueError, match="sigma0_sq must be >= 1e-38"):
+            MGPP([w], sigma0_sq=bad, **kw)
+    opt = MGPP([w], sigma0_sq=1e-38, **kw)
     w.grad = torch.ones_like(w)
     opt.step()
     assert bool(torch.isfinite(w).all()), w
+    assert w[0, 3] < 0.5  # the step did run
 
 
 def test_prunable_tensors_on_two_devices_refused():

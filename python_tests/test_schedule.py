@@ -1,9 +1,12 @@
 """Schedule: phases, pruning events, cubic sparsity, lambda annealing, validation."""
 import math
+from fractions import Fraction
 
 import pytest
 
-from mgpp_ext import Schedule
+import torch
+
+from mgpp_ext import MGPP, Schedule
 
 
 def events(s):
@@ -57,7 +60,7 @@ def test_cubic_sparsity():
                  initial_sparsity=s_i, target_sparsity=s_f)
     t_s, t_e = 5, 25
     assert s.sparsity(0) == 0.0 and s.sparsity(t_s - 1) == 0.0
-    assert s.sparsity(t_s) == pytest.approx(s_i, abs=1e-15)
+    assert s.sparsity(t_s) == s_i  # exactly, not s_f + (s_i - s_f) * 1
     assert s.sparsity(t_e) == s_f
     assert s.sparsity(t_e + 3) == s_f
     for t in range(t_s, t_e + 1):
@@ -131,3 +134,32 @@ def test_as_dict_round_trip():
 def test_validation_names_the_argument(kw, exc, match):
     with pytest.raises(exc, match=match):
         Schedule(**kw)
+
+
+def test_first_event_prunes_exactly_s_i():
+    """s_i = 0.3, s_f = 0.9 (the authors' settings): in floats s_f + (s_i - s_f)
+    * 1 is 0.29999999999999993, and floor(s_t * 1000) would be 299."""
+    s = Schedule(total_steps=100, initial_warmup_steps=10, final_finetune_steps=10,
+                 initial_sparsity=0.3, target_sparsity=0.9)
+    assert s.sparsity(10) == 0.3 and s.num_pruned(10, 1000) == 300
+    assert s.sparsity(89) == 0.9 and s.num_pruned(89, 1000) == 900
+    # exact for every N, not only where the floats happen to round well
+    for n in range(1, 3000):
+        assert s.num_pruned(10, n) == (3 * n) // 10, n
+        assert s.num_pruned(89, n) == (9 * n) // 10, n
+    # between the ends, k = floor(s_t N) of the exact s_t
+    t, n = 30, 12345
+    s_t = Fraction(9, 10) + (Fraction(3, 10) - Fraction(9, 10)) * (1 - Fraction(20, 79)) ** 3
+    assert s.num_pruned(t, n) == math.floor(s_t * n)
+    assert s.sparsity(t) == float(s_t)
+
+
+def test_first_event_of_an_optimizer_prunes_exactly_300_of_1000():
+    w = torch.nn.Parameter(torch.linspace(0.01, 1.0, 1000).reshape(40, 25))
+    opt = MGPP([w], lr=1e-9, total_steps=100, num_train_examples=100, initial_warmup_steps=10,
+               final_finetune_steps=10, initial_sparsity=0.3, target_sparsity=0.9)
+    for t in range(11):
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    assert opt.schedule_state()["last_k"] == 300
+    assert int((w == 0).sum()) == 300

@@ -145,12 +145,15 @@ def test_accelerate_prepare_and_accumulation_do_not_advance_schedule():
     assert_pruned_to(opt, 0.5)
 
 
-def test_accelerate_loss_scale_overflow_does_not_advance_schedule():
-    """With a loss scaler (fp16 training), a step whose scaled gradients
-    overflowed is skipped by the scaler: MGPP never steps, so neither the
-    weights nor the schedule move. accelerate attaches a scaler only on a
-    GPU, so a real torch GradScaler is given to it here; the overflow is an
-    inf in one gradient, as an fp16 overflow leaves it."""
+def test_accelerate_loss_scale_overflow_never_reaches_mgpp():
+    """With a loss scaler (fp16 training), accelerate's wrapper lets the
+    scaler skip a step whose scaled gradients overflowed: MGPP's step is not
+    called (it would raise on the inf, its default on_nonfinite="raise"), the
+    wrapper reports the skip, and the weights stay as they were. What MGPP
+    does itself with an inf gradient is tested in test_optimizer_api
+    (test_grad_scaler, test_nonfinite_*). accelerate attaches a scaler only
+    on a GPU, so a real torch GradScaler is given to it here; the overflow
+    is an inf in one gradient, as an fp16 overflow leaves it."""
     accelerate = pytest.importorskip("accelerate")
     model, loader, opt = four_step_run(n=16)
     acc = accelerate.Accelerator(cpu=True)
@@ -172,7 +175,7 @@ def test_accelerate_loss_scale_overflow_does_not_advance_schedule():
         seen.append(opt.current_step)
     assert skipped == [False, True, False, False]
     assert seen == [1, 1, 2, 3]
-    assert opt.schedule_state()["skipped_steps"] == 0  # the scaler skipped it, not MGPP
+    assert opt.schedule_state()["skipped_steps"] == 0  # MGPP never saw the inf
 
 
 def test_mgpp_callback_is_first():
