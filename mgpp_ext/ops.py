@@ -6,17 +6,29 @@ trace under ``torch.compile`` and pass ``torch.library.opcheck``.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 HIST_BINS = 65536
 #: The level-0 histogram window that clamps nothing.
 FULL_WINDOW = (0, HIST_BINS - 1)
 
+#: MGPP_EXT_LIBRARY=/path/to/_C.so loads the kernels from another build of
+#: the same sources instead of mgpp_ext._C (scripts/test_alt_build.sh tests
+#: the MGPP_CPU_ARCH=generic build this way beside the installed one).
+LIBRARY = os.environ.get("MGPP_EXT_LIBRARY") or None
+
 try:
-    from . import _C  # noqa: F401  (registers the kernels)
+    if LIBRARY is not None:
+        if not os.path.isfile(LIBRARY):
+            raise ImportError(f"MGPP_EXT_LIBRARY={LIBRARY!r} is not a file")
+        torch.ops.load_library(LIBRARY)
+    else:
+        from . import _C  # noqa: F401  (registers the kernels)
 
     EXTENSION_ERROR = None
-except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+except (ImportError, OSError) as exc:  # pragma: no cover - exercised only on broken installs
     EXTENSION_ERROR = exc
 
 
@@ -48,7 +60,8 @@ def mgpp_step_(params, grads, exp_avgs, exp_avg_sqs, masks, hist, *, lr, beta1, 
     ``hist_window=(lo, hi)`` every bin index is clamped to [lo, hi]: bin lo
     also counts what lies below, bin hi what lies above, and the counts are
     exact strictly inside the window (the kernel spends a scattered
-    increment only on elements inside it). ``hist1``, with ``n1 * HIST_BINS``
+    increment only on elements inside it). ``lo`` must be <= 0x7fff, the
+    largest level-0 bin an |x| has. ``hist1``, with ``n1 * HIST_BINS``
     bins (n1 <= 4), receives in block i the level-1 histogram (low 16 bits)
     of the elements whose level-0 bin is ``hist1_lo + i``: the bins predicted
     to hold the threshold, strictly inside the window. When one of them does,

@@ -36,7 +36,7 @@ def test_whole_schedule_matches_reference(device, method, dtype):
         opt.step()
         ref.step()
         for i, (a, b) in enumerate(zip(params, ref_params)):
-            assert_near(a, b, dtype, f"{method} step {t} param {i}")
+            assert_near(a, b, dtype, f"{method} step {t} param {i}", exact=device == "cpu")
             if i in pruned:
                 assert torch.equal(a == 0, b == 0), f"{method} step {t} param {i}: zero patterns differ"
         if t in EVENTS:

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Everything needed to run the test suite, then the suite itself.
+# Everything needed to run the test suite, then the suite itself, then the
+# kernel tests against a second build of the CPU kernels (MGPP_CPU_ARCH=
+# generic, the build for older and non-x86 CPUs), which must give the same
+# bits as the installed one. MGPP_SKIP_ALT_BUILD=1 leaves that part out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# The machine first, so that a failure names it (results must not depend
+# on the CPU vendor: the kernels are tested bitwise against the reference).
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || uname -m)," \
+     "$(nproc) cores"
 bash scripts/setup.sh --test
+"$PY" -c "import torch; print('torch', torch.__version__, '| cpu capability', torch.backends.cpu.get_cpu_capability())"
 # CUDA kernel sources are torch-free, so nvcc can check them even where
 # torch has no CUDA (skips itself without nvcc).
 if [[ -f scripts/compile_check_cuda.sh ]]; then
   bash scripts/compile_check_cuda.sh
 fi
 "$PY" -m pytest python_tests -q -p no:cacheprovider "$@"
+if [[ "${MGPP_SKIP_ALT_BUILD:-0}" != "1" ]]; then
+  bash scripts/test_alt_build.sh generic
+fi
