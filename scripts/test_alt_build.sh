@@ -17,9 +17,10 @@ sources=(csrc/*.cpp csrc/*.h csrc/cpu setup.py)
 lib=$(ls "$out"/mgpp_ext/_C*.so 2>/dev/null | head -n 1 || true)
 if [[ -z "$lib" || -n "$(find "${sources[@]}" -newer "$lib" -type f 2>/dev/null)" ]]; then
   echo "building the MGPP_CPU_ARCH=$arch kernels into $out (about 2-3 minutes on 2 cores) ..."
+  mkdir -p "$out"
   MGPP_CPU_ONLY=1 MGPP_CPU_ARCH=$arch MAX_JOBS=${MAX_JOBS:-2} \
-    "$PY" setup.py -q build_ext --build-lib "$out" --build-temp "$out/tmp" >"$out.log" 2>&1 \
-    || { cat "$out.log"; exit 1; }
+    "$PY" setup.py -q build_ext --build-lib "$out" --build-temp "$out/tmp" >"$out/build.log" 2>&1 \
+    || { cat "$out/build.log"; exit 1; }
   lib=$(ls "$out"/mgpp_ext/_C*.so | head -n 1)
 fi
 echo "kernel tests against $lib (MGPP_CPU_ARCH=$arch)"
