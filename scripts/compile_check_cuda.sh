@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compile-checks the torch-free CUDA kernel sources (csrc/cuda/*_kernel.cu)
 # with plain nvcc for sm_80 and sm_90, so kernel typos are caught on machines
-# without a GPU or a CUDA build of torch. The binding csrc/cuda/mgpp_cuda.cu
-# is compiled too, against the CPU torch headers with stand-ins (see below).
+# without a GPU or a CUDA build of torch. The bindings (csrc/cuda/mgpp_cuda.cu,
+# csrc/cuda/nm_cuda.cu) are compiled too, against the CPU torch headers with
+# stand-ins (see below).
 # Flags mirror what torch.utils.cpp_extension passes to nvcc (no implicit
 # half/bfloat16 conversions), and warnings are errors.
 # Exit status: 0 when every file compiles, or when nvcc is not on PATH.
@@ -52,7 +53,7 @@ for i in "${!sources[@]}"; do
 done
 [ "$failed" -eq 0 ] || exit 1
 
-# The binding, mgpp_cuda.cu, includes torch's CUDA headers. A CPU build of
+# The bindings, mgpp_cuda.cu and nm_cuda.cu, include torch's CUDA headers. A CPU build of
 # torch ships those, but not the CUDA math libraries' headers they include
 # (cuBLAS, cuSPARSE, cuSOLVER) nor one generated macro header. The binding
 # uses none of those libraries, so stand-ins that declare only the handle
@@ -70,17 +71,27 @@ if torch_inc=$("$py" -c "import torch.utils.cpp_extension as c; print('\n'.join(
   printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > "$stub/c10/cuda/impl/cuda_cmake_macros.h"
   inc=(-I"$stub")
   while IFS= read -r d; do inc+=(-I"$d"); done <<< "$torch_inc"
-  # As setup.py compiles it (torch 2.11+ headers expect C++20).
-  if ! nvcc -std=c++20 -O0 --expt-relaxed-constexpr "${inc[@]}" \
+  # As setup.py compiles them (torch 2.11+ headers expect C++20).
+  bindings=(mgpp_cuda nm_cuda)
+  bpids=()
+  for b in "${bindings[@]}"; do
+    nvcc -std=c++20 -O0 --expt-relaxed-constexpr "${inc[@]}" \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
       -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
       -DTORCH_EXTENSION_NAME=_C -arch=sm_90 \
-      -c "$root/csrc/cuda/mgpp_cuda.cu" -o "$tmp/mgpp_cuda.o" >"$tmp/binding.log" 2>&1; then
-    echo "cuda compile check: FAILED for csrc/cuda/mgpp_cuda.cu (the torch binding)" >&2
-    grep -v -e "warning" "$tmp/binding.log" | head -n 60 >&2
-    exit 1
-  fi
-  echo "cuda compile check: ok (sm_80, sm_90; binding against torch's headers, sm_90)"
+      -c "$root/csrc/cuda/$b.cu" -o "$tmp/$b.o" >"$tmp/$b.binding.log" 2>&1 &
+    bpids+=("$!")
+  done
+  for i in "${!bindings[@]}"; do
+    b="${bindings[$i]}"
+    if ! wait "${bpids[$i]}"; then
+      echo "cuda compile check: FAILED for csrc/cuda/$b.cu (a torch binding)" >&2
+      grep -v -e "warning" "$tmp/$b.binding.log" | head -n 60 >&2
+      failed=1
+    fi
+  done
+  [ "$failed" -eq 0 ] || exit 1
+  echo "cuda compile check: ok (sm_80, sm_90; bindings ${bindings[*]} against torch's headers, sm_90)"
 else
   echo "cuda compile check: ok (sm_80, sm_90; binding skipped: torch not importable)"
 fi
