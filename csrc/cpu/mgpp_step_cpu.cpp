@@ -1,7 +1,9 @@
 // Fused MGPP step on the CPU: prior gradient + AdamW + (final mask) +
 // (magnitude histogram) in one pass over param, grad, exp_avg, exp_avg_sq.
 // The math is written once as a template over float and Vectorized<float>,
-// so the vector body and the scalar tail cannot drift apart.
+// so the vector body and the scalar tail cannot drift apart; the AdamW body
+// is adamw_body.h's, shared with the other families' steps, with the prior
+// as its gradient term.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,8 +11,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "../bias_correction.h"
 #include "../step_checks.h"
+#include "adamw_body.h"
 #include "cpu_utils.h"
 #include "exp_vec.h"
 
@@ -18,33 +20,28 @@ namespace mgpp_ext {
 namespace cpu {
 namespace {
 
-struct StepConsts {
-  float decay, beta1, one_minus_beta1, beta2, one_minus_beta2;
-  float step_size, bc2_sqrt, eps;
-  bool prior;
+// The prior's constants (ALGORITHM.md section 1).
+struct PriorConsts {
   float c1, c2, inv_s0, inv_s1, inv_n;
   // For |p| > p_far, z = c1 + c2 p^2 exceeds z_far, beyond which p0 is so
   // small that the prior term rounds to exactly its p0 = 0 value in fp32
-  // (see make_consts).
+  // (see make_prior_consts).
   float p_far;
 };
-
-inline float vsqrt(float x) { return std::sqrt(x); }
-inline fVec vsqrt(const fVec& x) { return x.sqrt(); }
 
 // The prior gradient (p / n) * (p0/sigma0_sq + (1 - p0)/sigma1_sq) with
 // p0 = P(spike | p) = 1 / (1 + exp(c1 + c2 p^2)). exp overflows to +inf far
 // from zero, and then 1/(1+inf) is exactly 0, never NaN. exp_fp32 is the
 // same function in vector lanes and the tail, on every CPU (exp_fp32.h).
 template <typename V>
-inline V prior_grad_exact(const V& p, const StepConsts& c) {
+inline V prior_grad_exact(const V& p, const PriorConsts& c) {
   const V one(1.0f);
   V z = V(c.c1) + V(c.c2) * (p * p);
   V p0 = one / (one + exp_fp32(z));
   return (p * V(c.inv_n)) * (p0 * V(c.inv_s0) + (one - p0) * V(c.inv_s1));
 }
-inline float prior_grad(float p, const StepConsts& c) { return prior_grad_exact(p, c); }
-inline fVec prior_grad(const fVec& p, const StepConsts& c) {
+inline float prior_grad(float p, const PriorConsts& c) { return prior_grad_exact(p, c); }
+inline fVec prior_grad(const fVec& p, const PriorConsts& c) {
   // Almost every trained weight sits far out in the slab, where p0 cannot
   // change the fp32 result, or is a pruned exact zero, whose prior term is
   // +-0 whatever p0 is. For a vector made only of those the formula with
@@ -55,19 +52,29 @@ inline fVec prior_grad(const fVec& p, const StepConsts& c) {
   return prior_grad_exact(p, c);
 }
 
-// The per-element step of ALGORITHM.md section 1, in the order the reference
-// writes it. V is float or Vectorized<float>.
-template <typename V>
-inline void step_math(V& p, V g, V& m, V& v, const StepConsts& c) {
-  if (c.prior) {
-    g = g + prior_grad(p, c);
+// The gradient term of MGPP (adamw_body.h): g + the prior gradient.
+struct PriorTerm {
+  PriorConsts c;
+  template <typename V>
+  V operator()(const V& p, const V& g, int64_t) const {
+    return g + prior_grad(p, c);
   }
-  p = p * V(c.decay);
-  m = V(c.beta1) * m + V(c.one_minus_beta1) * g;
-  v = V(c.beta2) * v + V(c.one_minus_beta2) * (g * g);
-  V denom = vsqrt(v) / V(c.bc2_sqrt) + V(c.eps);
-  p = p - V(c.step_size) * (m / denom);
-}
+};
+
+// The fixed final mask, selected rather than multiplied in, so that a
+// pruned weight is +0, never -0/NaN.
+struct KeepMask {
+  const bool* mask;
+  void operator()(fVec& p0, fVec& p1, int64_t i) const {
+    fVec k0, k1;
+    load_keep2(mask + i, k0, k1);
+    p0 = p0 & k0;
+    p1 = p1 & k1;
+  }
+  void operator()(float& p, int64_t i) const {
+    if (!mask[i]) p = 0.0f;
+  }
+};
 
 // Where an event step's pass counts the stored |p| (all pointers are this
 // thread's own bins).
@@ -131,41 +138,14 @@ void histogram_block(const P* p, int64_t n, const HistOut& h) {
   h.level0[h.hi] += above;
 }
 
-template <typename P, typename S>
-void step_block(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
-                const StepConsts& c_in) {
-  // A local copy: the caller's constants are floats that stores through the
-  // float pointers p/m/v could alias, which would make the compiler reload
-  // and re-broadcast every one of them on every iteration.
-  const StepConsts c = c_in;
-  int64_t i = 0;
-  for (; i + kBlock <= n; i += kBlock) {
-    fVec p0, p1, g0, g1, m0, m1, v0, v1;
-    load2(p + i, p0, p1);
-    load2(g + i, g0, g1);
-    load2(m + i, m0, m1);
-    load2(v + i, v0, v1);
-    step_math(p0, g0, m0, v0, c);
-    step_math(p1, g1, m1, v1, c);
-    if (mask) {
-      // Select rather than multiply, so a pruned weight is +0, never -0/NaN.
-      fVec k0, k1;
-      load_keep2(mask + i, k0, k1);
-      p0 = p0 & k0;
-      p1 = p1 & k1;
-    }
-    store2(p + i, p0, p1);
-    store2(m + i, m0, m1);
-    store2(v + i, v0, v1);
-  }
-  for (; i < n; ++i) {
-    float pf = static_cast<float>(p[i]), mf = static_cast<float>(m[i]),
-          vf = static_cast<float>(v[i]);
-    step_math(pf, static_cast<float>(g[i]), mf, vf, c);
-    if (mask && !mask[i]) pf = 0.0f;
-    p[i] = static_cast<P>(pf);
-    m[i] = static_cast<S>(mf);
-    v[i] = static_cast<S>(vf);
+// One run of n elements; Term: PriorTerm or NoTerm.
+template <typename P, typename S, typename Term>
+void step_block(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n, const AdamWConsts& c,
+                const Term& term) {
+  if (mask) {
+    adamw_block(p, g, m, v, n, c, term, KeepMask{mask});
+  } else {
+    adamw_block(p, g, m, v, n, c, term, NoPost{});
   }
 }
 
@@ -176,55 +156,40 @@ void step_block(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
 // measured slower still.)
 constexpr int64_t kHistBlock = 2048;
 
-template <typename P, typename S>
+template <typename P, typename S, typename Term>
 void step_range(P* p, const P* g, S* m, S* v, const bool* mask, int64_t n,
-                const StepConsts& c, const HistOut* hist) {
+                const AdamWConsts& c, const Term& term, const HistOut* hist) {
   if (!hist) {
-    step_block(p, g, m, v, mask, n, c);
+    step_block(p, g, m, v, mask, n, c, term);
     return;
   }
   for (int64_t b = 0; b < n; b += kHistBlock) {
     const int64_t len = std::min(kHistBlock, n - b);
-    step_block(p + b, g + b, m + b, v + b, mask ? mask + b : nullptr, len, c);
+    step_block(p + b, g + b, m + b, v + b, mask ? mask + b : nullptr, len, c, term);
     // Of the stored (rounded) value: that is what the threshold will see.
     histogram_block(p + b, len, *hist);
   }
 }
 
-StepConsts make_consts(double lr, double beta1, double beta2, double eps,
-                       double weight_decay, int64_t step, bool prior,
-                       double n, double lam, double s0, double s1) {
-  StepConsts c;
-  c.decay = static_cast<float>(1.0 - lr * weight_decay);
-  c.beta1 = static_cast<float>(beta1);
-  c.one_minus_beta1 = static_cast<float>(1.0 - beta1);
-  c.beta2 = static_cast<float>(beta2);
-  c.one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  c.step_size = static_cast<float>(lr / (1.0 - power(beta1, step)));
-  c.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - power(beta2, step)));
-  c.eps = static_cast<float>(eps);
-  c.prior = prior;
-  if (prior) {
-    c.c1 = static_cast<float>(std::log(lam) - std::log1p(-lam) +
-                              0.5 * std::log(s0) - 0.5 * std::log(s1));
-    c.c2 = static_cast<float>(0.5 / s0 - 0.5 / s1);
-    c.inv_s0 = static_cast<float>(1.0 / s0);
-    c.inv_s1 = static_cast<float>(1.0 / s1);
-    c.inv_n = static_cast<float>(1.0 / n);
-    // p0 <= exp(-z). The prior term p0*inv_s0 + (1-p0)*inv_s1 rounds to
-    // inv_s1 exactly when 1-p0 rounds to 1 (p0 < 2^-25) and p0*inv_s0 is
-    // below half an ulp of inv_s1; a factor 4 and one unit of z of margin.
-    const double ulp_s1 = std::ldexp(1.0, std::ilogb(double(c.inv_s1)) - 23);
-    const double p0_max = std::min(std::ldexp(1.0, -27), 0.125 * ulp_s1 / double(c.inv_s0));
-    const double z_far = -std::log(p0_max) + 1.0;
-    // |p| > p_far implies z > z_far + 1 in exact arithmetic; the fp32 z the
-    // exact path computes is within a few ulps of that (z < ~100), so it
-    // stays above z_far. The factor 1.001 covers the rounding of p_far.
-    const double zc = (z_far + 1.0 - double(c.c1)) / double(c.c2);
-    c.p_far = zc > 0 ? static_cast<float>(std::sqrt(zc) * 1.001) : 0.0f;
-  } else {
-    c.c1 = c.c2 = c.inv_s0 = c.inv_s1 = c.inv_n = c.p_far = 0.0f;
-  }
+PriorConsts make_prior_consts(double n, double lam, double s0, double s1) {
+  PriorConsts c;
+  c.c1 = static_cast<float>(std::log(lam) - std::log1p(-lam) +
+                            0.5 * std::log(s0) - 0.5 * std::log(s1));
+  c.c2 = static_cast<float>(0.5 / s0 - 0.5 / s1);
+  c.inv_s0 = static_cast<float>(1.0 / s0);
+  c.inv_s1 = static_cast<float>(1.0 / s1);
+  c.inv_n = static_cast<float>(1.0 / n);
+  // p0 <= exp(-z). The prior term p0*inv_s0 + (1-p0)*inv_s1 rounds to
+  // inv_s1 exactly when 1-p0 rounds to 1 (p0 < 2^-25) and p0*inv_s0 is
+  // below half an ulp of inv_s1; a factor 4 and one unit of z of margin.
+  const double ulp_s1 = std::ldexp(1.0, std::ilogb(double(c.inv_s1)) - 23);
+  const double p0_max = std::min(std::ldexp(1.0, -27), 0.125 * ulp_s1 / double(c.inv_s0));
+  const double z_far = -std::log(p0_max) + 1.0;
+  // |p| > p_far implies z > z_far + 1 in exact arithmetic; the fp32 z the
+  // exact path computes is within a few ulps of that (z < ~100), so it
+  // stays above z_far. The factor 1.001 covers the rounding of p_far.
+  const double zc = (z_far + 1.0 - double(c.c1)) / double(c.c2);
+  c.p_far = zc > 0 ? static_cast<float>(std::sqrt(zc) * 1.001) : 0.0f;
   return c;
 }
 
@@ -271,11 +236,7 @@ void check_step_args(at::TensorList params, at::TensorList grads,
                 ", exp_avg_sq ", exp_avg_sqs[i].sizes());
   }
   check_cpu_masks(masks, params, op);
-  TORCH_CHECK(lr >= 0, op, ": 'lr' must be >= 0, got ", lr);
-  TORCH_CHECK(beta1 >= 0 && beta1 < 1, op, ": 'beta1' must be in [0, 1), got ", beta1);
-  TORCH_CHECK(beta2 >= 0 && beta2 < 1, op, ": 'beta2' must be in [0, 1), got ", beta2);
-  TORCH_CHECK(eps > 0, op, ": 'eps' must be > 0, got ", eps);
-  TORCH_CHECK(step >= 1, op, ": 'step' must be >= 1 (bias correction), got ", step);
+  check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   if (prior) {
     TORCH_CHECK(n > 0, op, ": 'num_examples' must be > 0, got ", n);
     TORCH_CHECK(lam > 0 && lam < 1, op, ": 'lambda_mix' must be in (0, 1), got ", lam);
@@ -308,9 +269,10 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
     }
     return;
   }
-  const StepConsts c =
-      make_consts(lr, beta1, beta2, eps, weight_decay, step, apply_prior,
-                  num_examples, lambda_mix, sigma0_sq, sigma1_sq);
+  const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);
+  const PriorTerm prior{apply_prior ? make_prior_consts(num_examples, lambda_mix, sigma0_sq,
+                                                        sigma1_sq)
+                                    : PriorConsts{}};
 
   std::vector<ContiguousInOut> p, m, v;
   std::vector<at::Tensor> g, k;
@@ -334,7 +296,7 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
 
   const auto pt = params[0].scalar_type();
   const auto st = exp_avgs[0].scalar_type();
-  auto run = [&](auto p_tag, auto s_tag) {
+  auto run_term = [&](auto p_tag, auto s_tag, const auto& term) {
     using P = decltype(p_tag);
     using S = decltype(s_tag);
     at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
@@ -348,9 +310,17 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
         step_range<P, S>(p[i].work.data_ptr<P>() + o, g[i].const_data_ptr<P>() + o,
                          m[i].work.data_ptr<S>() + o, v[i].work.data_ptr<S>() + o,
                          k.empty() ? nullptr : k[i].const_data_ptr<bool>() + o,
-                         ch.end - o, c, want_hist ? &h : nullptr);
+                         ch.end - o, c, term, want_hist ? &h : nullptr);
       }
     });
+  };
+  // The prior on or off is a template choice: no per-element branch.
+  auto run = [&](auto p_tag, auto s_tag) {
+    if (apply_prior) {
+      run_term(p_tag, s_tag, prior);
+    } else {
+      run_term(p_tag, s_tag, NoTerm{});
+    }
   };
   if (pt == at::kFloat) {
     run(float{}, float{});
