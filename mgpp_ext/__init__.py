@@ -7,11 +7,14 @@ sparsity schedule and prunes with one exact global magnitude threshold
 kernels; ``mgpp_ext.reference`` holds the plain-PyTorch specification.
 """
 from . import export, ops
-from .baselines import GMP, PLATON
 from .export import sparsity_report
-from .optimizer import MGPP
+from .nm import nm_mask, nm_prune_
+from .patterns import GlobalPattern, NMPattern
+from .engine import PruningOptimizer
+from .methods import ADMM, GMP, METHODS, MGPP, PLATON, SRSTE
 from .schedule import Schedule
 from .selection import prunable_param_groups
 
-__all__ = ["GMP", "MGPP", "PLATON", "Schedule", "export", "ops", "prunable_param_groups", "sparsity_report"]
+__all__ = ["ADMM", "GMP", "GlobalPattern", "METHODS", "MGPP", "NMPattern", "PLATON", "PruningOptimizer", "SRSTE",
+           "nm_mask", "nm_prune_", "Schedule", "export", "ops", "prunable_param_groups", "sparsity_report"]
 __version__ = "0.1.0"

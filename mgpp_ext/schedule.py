@@ -131,6 +131,66 @@ class Schedule:
         d["lambda_anneal"] = list(self.lambda_anneal)
         return d
 
+    @classmethod
+    def one_shot(cls, total_steps, final_finetune_steps, target_sparsity):
+        """One event, at t_e = total_steps - final_finetune_steps - 1, that
+        prunes straight to ``target_sparsity``; the mask is fixed after it
+        (ADMM's hard projection after its ADMM phase)."""
+        _check_int("total_steps", total_steps, minimum=1)
+        _check_int("final_finetune_steps", final_finetune_steps, minimum=0)
+        if total_steps <= final_finetune_steps:
+            raise ValueError(f"total_steps must be larger than final_finetune_steps (got total_steps="
+                             f"{total_steps}, final_finetune_steps={final_finetune_steps})")
+        return cls(total_steps=total_steps, initial_warmup_steps=total_steps - final_finetune_steps - 1,
+                   final_finetune_steps=final_finetune_steps, prune_interval=1,
+                   initial_sparsity=target_sparsity, target_sparsity=target_sparsity)
+
+
+@dataclass(frozen=True)
+class EveryStep:
+    """No pruning events: the method keeps its mask at ``target_sparsity``
+    on every step itself (SR-STE recomputes its n:m mask inside the fused
+    step every ``mask_interval`` steps). There is no final phase."""
+
+    target_sparsity: float
+    mask_interval: int = 1
+
+    def __post_init__(self):
+        _check_int("mask_interval", self.mask_interval, minimum=1)
+        if not isinstance(self.target_sparsity, (int, float)) or not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be a number in [0, 1), got {self.target_sparsity!r}")
+
+    t_s = 0
+    t_e = math.inf  # never final: the mask is never frozen by the schedule
+    prune_interval = 1
+
+    def phase(self, t):
+        return "pruning"
+
+    def is_event(self, t):
+        return False
+
+    def next_event(self, t):
+        return None
+
+    def prior_active(self, t):
+        return False
+
+    def lambda_at(self, t):
+        return 0.0
+
+    def sparsity(self, t):
+        return float(self.target_sparsity)
+
+    def num_pruned(self, t, n):
+        return math.floor(Fraction(repr(float(self.target_sparsity))) * n)
+
+    def updates_mask(self, t):
+        return t % self.mask_interval == 0
+
+    def as_dict(self):
+        return asdict(self)
+
 
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, int):

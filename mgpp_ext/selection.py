@@ -36,13 +36,18 @@ def prunable_param_groups(model: torch.nn.Module, patterns=None, **group_options
 
     Returns:
         A list of param-group dicts for ``MGPP``: ``{"params", "prune",
-        "param_names"}``. Empty groups are left out.
+        "param_names"}``, and in the pruned group ``"input_dims"``: each
+        weight's input dimension, the one an n:m pattern runs along (the
+        last dim of an ``nn.Linear`` weight ``[out, in]``, dim 0 of a GPT-2
+        ``Conv1D`` weight ``[in, out]``; see ``input_dim``). Empty groups
+        are left out.
 
     Raises:
         ValueError: if no parameter matches (nothing would be pruned).
     """
     regexes = [re.compile(p) for p in (DEFAULT_PATTERNS if patterns is None else patterns)]
     pruned, pruned_names, dense, dense_names = [], [], [], []
+    modules = dict(model.named_modules())
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -55,7 +60,17 @@ def prunable_param_groups(model: torch.nn.Module, patterns=None, **group_options
     if not pruned:
         which = "the default BERT/GPT-2/Llama patterns" if patterns is None else f"patterns {list(patterns)}"
         raise ValueError(f"prunable_param_groups: no parameter name of the model matches {which}")
-    groups = [dict(params=pruned, prune=True, param_names=pruned_names, **group_options)]
+    dims = [input_dim(modules.get(n.rpartition(".")[0]), p) for n, p in zip(pruned_names, pruned)]
+    groups = [dict(params=pruned, prune=True, param_names=pruned_names, input_dims=dims, **group_options)]
     if dense:
         groups.append(dict(params=dense, prune=False, param_names=dense_names, **group_options))
     return groups
+
+
+def input_dim(module, weight):
+    """The input dimension of ``weight``, the parameter of ``module``: 0 for
+    a GPT-2 ``Conv1D`` (weight ``[in, out]``, named so in transformers),
+    else the last dim (``nn.Linear``'s weight is ``[out, in]``)."""
+    if module is not None and type(module).__name__ == "Conv1D" and weight.dim() == 2:
+        return 0
+    return weight.dim() - 1

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from ..optimizer import MGPP
+from ..engine import PruningOptimizer
+from ..methods import MGPP
 from ..selection import prunable_param_groups
 
 try:
@@ -33,12 +34,13 @@ except ImportError:  # pragma: no cover - transformers is optional for the core
 
 
 def unwrap_optimizer(optimizer):
-    """The MGPP inside accelerate's/Trainer's optimizer wrappers, or None."""
+    """The pruning optimizer (MGPP, GMP, PLATON, ...) inside accelerate's/Trainer's
+    optimizer wrappers, or None."""
     seen = 0
-    while optimizer is not None and not isinstance(optimizer, MGPP) and seen < 8:
+    while optimizer is not None and not isinstance(optimizer, PruningOptimizer) and seen < 8:
         optimizer = getattr(optimizer, "optimizer", None)
         seen += 1
-    return optimizer if isinstance(optimizer, MGPP) else None
+    return optimizer if isinstance(optimizer, PruningOptimizer) else None
 
 
 class TrainerMGPP(MGPP):

@@ -1,0 +1,300 @@
+"""``PruningOptimizer``: AdamW composed with a schedule, a score, a pattern
+and an optional regulariser.
+
+The class is thin: it keeps state and makes one fused kernel call per
+(group, dtype, step) bucket. The math lives in the kernels (``csrc/``) and
+in the reference (``mgpp_ext/reference.py``); validation, the inf/NaN
+check, events, the select, distributed sums and checkpoints are the
+engine's other files. A method (``mgpp_ext/methods/``) only chooses parts.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from .. import ops
+from .checkpoint import Checkpoint
+from .distributed import as_float, local, reduce_histogram, shard_groups
+from .events import Events
+from .nonfinite import NonfiniteCheck, PendingCheck
+from .select import GlobalSelect
+from .validation import check_adamw, check_on_nonfinite, check_param_group
+
+
+class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer):
+    """AdamW that prunes while it fine-tunes, made of named parts.
+
+    Args:
+        params: tensors, or param-group dicts. A group's ``"prune"`` key says
+            whether its tensors are pruned; a group without it (or a plain
+            iterable of tensors) prunes every tensor with ``ndim >= 2``.
+        lr, betas, eps, weight_decay: AdamW's, per group.
+        schedule: a ``Schedule`` (when to prune, to what sparsity).
+        score: what is ranked (``mgpp_ext.scores``).
+        pattern: which weights compete (``mgpp_ext.patterns``).
+        regulariser: a term added to the gradient in the fused step
+            (``mgpp_ext.regularisers``), or None.
+        on_nonfinite: ``"raise"`` or ``"skip"`` (see ``MGPP``).
+    """
+
+    #: Name of the method in checkpoints (a checkpoint of one method is
+    #: refused by another). Set by every method.
+    method = None
+
+    def __init__(self, params, lr, betas, eps, weight_decay, *, schedule, score, pattern,
+                 regulariser=None, on_nonfinite="raise"):
+        check_adamw(lr, betas, eps, weight_decay)
+        check_on_nonfinite(on_nonfinite)
+        if self.method is None:
+            raise TypeError(f"{type(self).__name__} must set the class attribute 'method'")
+        pattern.check_target(schedule.target_sparsity)
+        self.schedule = schedule
+        self.score = score
+        self.pattern = pattern
+        # Whether an event selects on the histogram of |w| that the fused
+        # step builds (then the step fills it, and on CUDA the inf/NaN check
+        # is read with the select's result).
+        self._fused_select = (score.fused_histogram and pattern.uses_fused_histogram
+                              and (regulariser is None or regulariser.fills_histogram))
+        self.regulariser = regulariser
+        self.on_nonfinite = on_nonfinite
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, prune=None)
+        super().__init__(params, defaults)
+        self._t = 0  # optimizer steps taken (ALGORITHM.md's t)
+        self._threshold = None  # tau of the last event, a 0-dim tensor
+        self._last_k = 0
+        self._events = 0
+        self._skipped = 0
+        self._select = GlobalSelect()
+        # The device-side inf/NaN check of the last step, not yet read back
+        # (see NonfiniteCheck), and whether checks are deferred that way:
+        # None is automatic (on CUDA), True/False forces it (tests).
+        self._pending = None
+        self._defer_finite_check = None
+        if not self._prunable():
+            raise ValueError(
+                f"{type(self).__name__}: the prunable set is empty (no group has prune=True and no tensor "
+                "with ndim >= 2 in a group without a 'prune' key)"
+            )
+        self._shapes = [tuple(p.shape) for _, _, p in self._prunable()]
+        pattern.bind(self)
+
+    def set_total_steps(self, total_steps):
+        """Set the run length before the first step (for trainers that know it late)."""
+        self._settle()
+        if self._t != 0:
+            raise RuntimeError(f"{type(self).__name__}.set_total_steps: {self._t} steps were already taken")
+        d = self.schedule.as_dict()
+        if "total_steps" not in d:
+            raise RuntimeError(f"{type(self).__name__}.set_total_steps: this method's schedule has no run length")
+        d["total_steps"] = total_steps
+        d["lambda_anneal"] = tuple(d["lambda_anneal"])
+        self.schedule = type(self.schedule)(**d)
+
+    # -- groups and parameters ------------------------------------------------
+    def add_param_group(self, param_group):
+        super().add_param_group(check_param_group(type(self).__name__, param_group))
+
+    @staticmethod
+    def _is_pruned(p, group):
+        return group["prune"] if group["prune"] is not None else p.dim() >= 2
+
+    def _prunable(self):
+        """(group index, param index, param) of every prunable tensor, in order."""
+        return [(gi, pi, p) for gi, g in enumerate(self.param_groups)
+                for pi, p in enumerate(g["params"]) if self._is_pruned(p, g)]
+
+    def _name(self, gi, pi):
+        names = self.param_groups[gi].get("param_names")
+        return names[pi] if names is not None else f"group{gi}.param{pi}"
+
+    def _check_prunable(self, prunable):
+        shapes = [tuple(p.shape) for p in prunable]
+        if shapes != self._shapes:
+            for i, (a, b) in enumerate(zip(shapes, self._shapes)):
+                if a != b:
+                    raise RuntimeError(
+                        f"{type(self).__name__}: prunable parameter {i} changed shape from {b} to {a} after "
+                        "the optimizer was built; rebuild the optimizer")
+            raise RuntimeError(f"{type(self).__name__}: the set of prunable parameters changed; rebuild the optimizer")
+        devices = {p.device for p in prunable}
+        if len(devices) > 1:
+            raise RuntimeError(
+                f"{type(self).__name__}: all prunable parameters must be on one device for the global threshold, "
+                f"found {sorted(map(str, devices))}")
+
+    # -- the step -------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step; returns the closure's loss if a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        prunable = [p for _, _, p in self._prunable()]
+        self._check_prunable(prunable)
+        self._settle()
+        sch, t = self.schedule, self._t
+        event = sch.is_event(t)
+        device = local(prunable[0]).device
+        gate = self._finite_gate(event, device)
+        if gate is None and not self._grads_finite(device):
+            return loss
+
+        final = t > sch.t_e
+        self.score.observe(self, t, event)
+        reg = self.regulariser
+        if reg is not None:
+            reg.before_step(self, t)
+        want_hist = event and self._fused_select
+        hist = self._event_histograms(prunable, device, gate) if want_hist else None
+        stepped = []
+        no_hist = torch.empty(0, dtype=torch.int64, device=device)
+        reg_kw = self._regulariser_args(t)
+
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            buckets = OrderedDict()
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                state = self.state[p]
+                if len(state) == 0 or "exp_avg" not in state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                stepped.append(p)
+                pruned = self._is_pruned(p, group)
+                key = (pruned, local(p).device, p.dtype, int(state["step"].item()))
+                buckets.setdefault(key, []).append(p)
+            for (pruned, dev, _, step), ps in buckets.items():
+                if pruned and not final and reg is not None and reg.owns_step(t):
+                    # The regulariser's own op over the shared AdamW body.
+                    reg.fused_step(self, ps, group, step, t, gate)
+                    continue
+                use_hist = pruned and want_hist
+                kw = dict(reg_kw, apply_prior=pruned and reg_kw["apply_prior"])
+                ops.mgpp_step_(
+                    [local(p) for p in ps], [local(p.grad) for p in ps],
+                    [local(self.state[p]["exp_avg"]) for p in ps],
+                    [local(self.state[p]["exp_avg_sq"]) for p in ps],
+                    [local(self.state[p]["mask"]) for p in ps] if (pruned and final) else [],
+                    hist.level0 if use_hist else (no_hist if dev == device else torch.empty(0, dtype=torch.int64, device=dev)),
+                    lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+                    weight_decay=group["weight_decay"], step=step,
+                    apply_if=gate, **(hist.kernel_args() if use_hist else {}), **kw)
+
+        if event:
+            self._fold_missing(prunable, hist, device)
+            if not self._prune_event(t, prunable, hist):
+                # The gate read with the select's result failed: the kernel
+                # wrote nothing, and nothing after it was applied.
+                self._take_back(stepped)
+                self._refuse_nonfinite(None)
+                return loss
+        elif gate is not None:
+            self._pending = PendingCheck.start(gate, t, stepped)
+        if reg is not None:
+            reg.after_step(self, t)
+        self._t += 1
+        return loss
+
+    def _regulariser_args(self, t):
+        """The fused step's regulariser arguments for step t."""
+        if self.regulariser is None:
+            return dict(apply_prior=False)
+        return self.regulariser.step_args(self.schedule, t)
+
+    # -- distributed ----------------------------------------------------------
+    def _shard_groups(self):
+        """Process groups across which the prunable tensors are split."""
+        return shard_groups(p for _, _, p in self._prunable())
+
+    def _reduce_histogram(self, hist, n_total):
+        """Sum ``hist`` over the ranks that hold pieces of the model, in place."""
+        reduce_histogram(hist, n_total, self._shard_groups())
+
+    # -- the select's predictions (speed only; tests steer them) --------------
+    @property
+    def _hist_window(self):
+        return self._select.window
+
+    @_hist_window.setter
+    def _hist_window(self, window):
+        self._select.window = window
+
+    @property
+    def _bin_guess(self):
+        return self._select.bin_guess
+
+    @_bin_guess.setter
+    def _bin_guess(self, guess):
+        self._select.bin_guess = guess
+
+    @property
+    def _window_misses(self):
+        return self._select.window_misses
+
+    @property
+    def _level1_passes(self):
+        return self._select.level1_passes
+
+    # -- what the schedule is doing -------------------------------------------
+    @property
+    def current_step(self) -> int:
+        """Optimizer steps taken so far (t of the next step)."""
+        self._settle()
+        return self._t
+
+    @property
+    def current_target_sparsity(self) -> float:
+        """s_t of the most recent step (0 before the first event)."""
+        self._settle()
+        return self.schedule.sparsity(max(self._t - 1, 0)) if self._t > self.schedule.t_s else 0.0
+
+    @property
+    def current_lambda(self) -> float:
+        """lambda_t the next step will use (0 once the prior is off, and
+        always 0 for methods without the prior)."""
+        self._settle()
+        if self.regulariser is None or not hasattr(self.regulariser, "current_lambda"):
+            return 0.0
+        return self.regulariser.current_lambda(self.schedule, self._t)
+
+    @property
+    def last_threshold(self):
+        """tau of the most recent pruning event (None before any pruning)."""
+        return None if self._threshold is None else float(self._threshold)
+
+    @property
+    def mask_fixed(self) -> bool:
+        """True once the final mask is in force."""
+        self._settle()
+        return self._t > self.schedule.t_e
+
+    def schedule_state(self) -> dict:
+        """Step, phase, target sparsity, lambda, last threshold and counters."""
+        self._settle()
+        return dict(step=self._t, phase=self.schedule.phase(self._t),
+                    target_sparsity=self.current_target_sparsity, lambda_t=self.current_lambda,
+                    threshold=self.last_threshold, last_k=self._last_k, events=self._events,
+                    skipped_steps=self._skipped)
+
+    @torch.no_grad()
+    def sparsity(self) -> dict:
+        """Fraction of exact zeros: ``{"overall": float, "per_tensor": {name: float}}``."""
+        entries = self._prunable()
+        counts = torch.tensor([int((local(p) == 0).sum().item()) for _, _, p in entries],
+                              dtype=torch.int64, device=local(entries[0][2]).device)
+        for group in self._shard_groups():
+            torch.distributed.all_reduce(counts, group=group)
+        per, zeros, total = {}, 0, 0
+        for (gi, pi, p), z in zip(entries, counts.tolist()):
+            per[self._name(gi, pi)] = z / max(p.numel(), 1)
+            zeros += z
+            total += p.numel()
+        return {"overall": zeros / max(total, 1), "per_tensor": per}

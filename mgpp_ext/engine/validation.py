@@ -1,0 +1,64 @@
+"""Argument checks shared by every method: each refuses a bad value by name,
+before anything is built."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Smallest variance whose reciprocal (and half-reciprocal) is finite in fp32.
+MIN_VARIANCE = 1e-38
+
+
+def check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value}")
+
+
+def check_adamw(lr, betas, eps, weight_decay):
+    """AdamW's own arguments."""
+    check_number("lr", lr, lo=0.0)
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        check_number(f"betas[{i}]", b, lo=0.0, hi=1.0, hi_open=True)
+    check_number("eps", eps, lo=0.0, lo_open=True)
+    check_number("weight_decay", weight_decay, lo=0.0)
+
+
+def check_on_nonfinite(on_nonfinite):
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+
+
+def check_param_group(owner, param_group):
+    """Normalise and check one param group; returns the group to add.
+
+    Accepts ``named_parameters()`` pairs, as ``torch.optim`` does, keeping
+    the names under ``"param_names"``."""
+    params = param_group["params"]
+    params = [params] if isinstance(params, torch.Tensor) else list(params)
+    if params and all(isinstance(p, tuple) and len(p) == 2 for p in params):
+        param_group = dict(param_group)
+        param_group.setdefault("param_names", [n for n, _ in params])
+        params = [p for _, p in params]
+        param_group["params"] = params
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"{owner}: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+        if p.layout != torch.strided:
+            raise ValueError(f"{owner}: params[{i}] is a {p.layout} tensor; only dense tensors are supported")
+        if p.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{owner}: params[{i}] has dtype {p.dtype}; supported are float32, bfloat16, float16")
+    prune = param_group.get("prune", None)
+    if prune is not None and not isinstance(prune, bool):
+        raise TypeError(f"{owner}: a param group's 'prune' must be a bool, got {prune!r}")
+    names = param_group.get("param_names")
+    if names is not None and len(names) != len(params):
+        raise ValueError(f"{owner}: 'param_names' has {len(names)} names for {len(params)} params")
+    return param_group

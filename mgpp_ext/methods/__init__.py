@@ -1,0 +1,12 @@
+"""The methods: each a small composition of the engine's parts, in a file
+of its own. A new method goes in a new file and is named once, here."""
+from .admm import ADMM
+from .gmp import GMP
+from .mgpp import MGPP
+from .platon import PLATON
+from .srste import SRSTE
+
+#: Every method by its checkpoint name.
+METHODS = {cls.method: cls for cls in (MGPP, GMP, PLATON, ADMM, SRSTE)}
+
+__all__ = ["ADMM", "GMP", "METHODS", "MGPP", "PLATON", "SRSTE"]
