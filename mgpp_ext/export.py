@@ -4,6 +4,10 @@
 ``min_sparsity`` zeros are stored as a packed bitmask (1 bit per weight) plus
 their non-zero values in the original dtype; every other tensor is stored
 densely. A 90%-sparse fp32 matrix then takes 1/32 + 1/10 of its dense size.
+With ``pattern="n:m"``, tensors that hold at most n non-zeros in every
+group of m along their input dim are stored in the n:m layout instead: the
+n kept values of every group plus each one's index inside its group, at
+ceil(log2 m) bits (2 bits for 2:4, the metadata sparse tensor cores use).
 ``load_sparse`` restores every tensor bit for bit.
 """
 from __future__ import annotations
@@ -16,6 +20,8 @@ import torch
 FORMAT = "mgpp-sparse-v1"
 _BITMASK = ".__bitmask"
 _VALUES = ".__values"
+_NM_VALUES = ".__nm_values"
+_NM_INDICES = ".__nm_indices"
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
 
@@ -34,13 +40,59 @@ def unpack_mask(packed: torch.Tensor, numel: int) -> torch.Tensor:
     return bits.reshape(-1)[:numel]
 
 
+def _index_bits(m):
+    return max(1, (m - 1).bit_length())
+
+
+def _int_view(t):
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def nm_pack(t, n, m, dim):
+    """(values, packed indices) of a tensor with at most n non-zeros (by bit
+    pattern) in every group of m along ``dim``, or None if it has more.
+
+    Each group stores exactly n values: its non-zeros, then (where it has
+    fewer) its first +0.0 entries; the indices are ascending within a
+    group, ``_index_bits(m)`` bits each, packed little-bit first."""
+    if t.dim() == 0 or t.shape[dim] % m:
+        return None
+    moved = t.movedim(dim, -1).reshape(-1, m)
+    nz = _int_view(moved) != 0
+    if bool((nz.sum(1) > n).any()):
+        return None
+    # Non-zeros first, then zeros, each by index: a stable order.
+    key = (~nz).to(torch.int64) * m + torch.arange(m)
+    idx = key.argsort(dim=1)[:, :n].sort(dim=1).values
+    values = moved.gather(1, idx).contiguous()
+    b = _index_bits(m)
+    bits = (idx.unsqueeze(-1) >> torch.arange(b)) & 1
+    return values.reshape(-1), pack_mask(bits.bool())
+
+
+def nm_unpack(values, packed, shape, dtype, n, m, dim):
+    """Inverse of ``nm_pack``: the dense tensor."""
+    shape = list(shape)
+    moved_shape = shape[:dim] + shape[dim + 1:] + [shape[dim]]
+    groups = 1
+    for s in moved_shape:
+        groups *= s
+    groups //= m
+    b = _index_bits(m)
+    bits = unpack_mask(packed, groups * n * b).reshape(groups, n, b).to(torch.int64)
+    idx = (bits << torch.arange(b)).sum(-1)
+    dense = torch.zeros(groups, m, dtype=dtype)
+    dense.scatter_(1, idx, values.reshape(groups, n))
+    return dense.reshape(moved_shape).movedim(-1, dim).contiguous()
+
+
 def _state_of(model_or_state):
     if isinstance(model_or_state, torch.nn.Module):
         return model_or_state.state_dict()
     return dict(model_or_state)
 
 
-def save_sparse(model, path, *, min_sparsity=0.5, metadata=None):
+def save_sparse(model, path, *, min_sparsity=0.5, metadata=None, pattern=None, input_dims=None):
     """Write ``model``'s state dict to ``path`` in the compressed layout.
 
     Args:
@@ -49,18 +101,31 @@ def save_sparse(model, path, *, min_sparsity=0.5, metadata=None):
         min_sparsity: tensors with at least this fraction of exact zeros are
             stored as bitmask + values; others densely.
         metadata: extra string key/values for the file header.
+        pattern: ``"n:m"`` (e.g. ``"2:4"``) stores every floating tensor with
+            ``ndim >= 2`` that holds at most n non-zeros in each group of m
+            along its input dim in the n:m layout (values + indices).
+        input_dims: ``{name: dim}``, each tensor's input dim for
+            ``pattern``; for a tensor not named there the last dim is tried,
+            then dim 0 (a GPT-2 ``Conv1D`` weight is ``[in, out]``).
 
     Returns:
         dict with ``file_bytes``, ``dense_bytes`` (the same tensors stored
         densely), ``pruned_dense_bytes`` and ``pruned_compressed_bytes`` (the
-        compressed tensors alone, dense vs compressed).
+        compressed tensors alone, dense vs compressed), and ``nm_tensors``,
+        the names stored in the n:m layout.
     """
     from safetensors.torch import save_file
 
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    nm = None
+    if pattern is not None:
+        from .nm import parse_pattern
+
+        nm = parse_pattern(pattern)
+    input_dims = dict(input_dims or {})
     state = _state_of(model)
-    out, sparse_info = {}, {}
+    out, sparse_info, nm_info = {}, {}, {}
     dense_bytes = pruned_dense = pruned_compressed = 0
     seen = {}
     for name, t in state.items():
@@ -74,6 +139,20 @@ def save_sparse(model, path, *, min_sparsity=0.5, metadata=None):
         seen[key] = name
         nbytes = t.numel() * t.element_size()
         dense_bytes += nbytes
+        if nm is not None and t.is_floating_point() and t.dim() >= 2:
+            n, m = nm
+            given = input_dims.get(name)
+            for dim in ([given % t.dim()] if given is not None else [t.dim() - 1, 0]):
+                packed = nm_pack(t, n, m, dim)
+                if packed is not None:
+                    out[name + _NM_VALUES], out[name + _NM_INDICES] = packed
+                    nm_info[name] = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
+                                     "n": n, "m": m, "dim": dim}
+                    pruned_dense += nbytes
+                    pruned_compressed += packed[0].numel() * t.element_size() + packed[1].numel()
+                    break
+            if name in nm_info:
+                continue
         if t.is_floating_point() and t.numel() > 0:
             # Non-zero by bit pattern, so that -0.0 is kept as a value and
             # the round trip is bitwise.
@@ -88,11 +167,14 @@ def save_sparse(model, path, *, min_sparsity=0.5, metadata=None):
                 continue
         out[name] = t.contiguous()
     header = {"format": FORMAT, "sparse": json.dumps(sparse_info)}
+    if nm_info:
+        header["nm"] = json.dumps(nm_info)
     if metadata:
         header.update({str(k): str(v) for k, v in metadata.items()})
     save_file(out, str(path), metadata=header)
     return dict(file_bytes=os.path.getsize(path), dense_bytes=dense_bytes,
-                pruned_dense_bytes=pruned_dense, pruned_compressed_bytes=pruned_compressed)
+                pruned_dense_bytes=pruned_dense, pruned_compressed_bytes=pruned_compressed,
+                nm_tensors=sorted(nm_info))
 
 
 def read_sparse(path) -> dict:
@@ -101,7 +183,9 @@ def read_sparse(path) -> dict:
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-        sparse_info = json.loads(meta.get("sparse", "{}")) if meta.get("format") == FORMAT else {}
+        ours = meta.get("format") == FORMAT
+        sparse_info = json.loads(meta.get("sparse", "{}")) if ours else {}
+        nm_info = json.loads(meta.get("nm", "{}")) if ours else {}
         raw = {k: f.get_tensor(k) for k in f.keys()}
     state = {}
     for name, info in sparse_info.items():
@@ -114,6 +198,9 @@ def read_sparse(path) -> dict:
         dense = torch.zeros(numel, dtype=getattr(torch, info["dtype"]))
         dense[mask] = values
         state[name] = dense.reshape(shape)
+    for name, info in nm_info.items():
+        state[name] = nm_unpack(raw.pop(name + _NM_VALUES), raw.pop(name + _NM_INDICES), info["shape"],
+                                getattr(torch, info["dtype"]), info["n"], info["m"], info["dim"])
     state.update(raw)
     return state
 
