@@ -76,7 +76,7 @@ class AdmmProximal:
     """ADMM pattern pruning's proximal term (Zhang et al. 2018; seed 001).
 
     The W-step is AdamW on ``L(W) + (rho_t / 2) ||W - Z + U||^2``: the
-    gradient ``rho_t ((W - Z) + U)`` is added inside the fused step. Every
+    gradient ``rho_t ((W - Z) + U)`` is added inside the step op. Every
     ``admm_interval`` steps ``Z <- Proj(W + U)`` onto the optimizer's
     pattern (n:m, or the k largest |.| globally), then ``U <- U + W - Z``;
     the first projection, before step 0, starts from U = 0.
@@ -187,7 +187,7 @@ class SrsteDecay:
     The parameter holds W * M, M the n:m mask of |W|, so the forward pass
     sees the sparse weights and the backward pass gives the gradient at
     W * M. The dense W lives in the param's state (``"dense"``, the param's
-    dtype) with M (``"nm_mask"``, bool). Each step, in one fused pass over
+    dtype) with M (``"nm_mask"``, bool). Each step, in one op over
     each group: ``g~ = g + lambda_w (1 - M) W``, AdamW on the dense W, M
     recomputed from |W| every ``mask_interval`` steps, and W * M written
     into the parameter: the next backward pass's gradient is exactly the

@@ -1,6 +1,6 @@
 """``ADMM``: ADMM pattern pruning with AdamW (Zhang et al. 2018, as in seed 001).
 
-The ``AdmmProximal`` regulariser (its proximal gradient fused into the
+The ``AdmmProximal`` regulariser (its proximal gradient added inside the
 step, and the Z/U projections every ``admm_interval`` steps), then a
 one-shot hard projection by |W| (``Schedule.one_shot``) onto the pattern,
 then masked fine-tuning with the fixed mask.
@@ -20,9 +20,9 @@ class ADMM(PruningOptimizer):
 
     Steps ``0 .. t_e`` (``t_e = total_steps - final_finetune_steps - 1``)
     are the ADMM phase: each is an AdamW step whose gradient carries the
-    proximal term ``rho_t ((W - Z) + U)`` (fused into the step kernel), and
+    proximal term ``rho_t ((W - Z) + U)`` (added inside the step op, regulariser_ops.admm_step_), and
     every ``admm_interval`` steps ``Z <- Proj(W + U)``, ``U <- U + W - Z`` in
-    one fused kernel. At t_e the weights are projected onto the pattern by
+    one op (regulariser_ops.admm_project_). At t_e the weights are projected onto the pattern by
     |W| (the hard projection) and the mask is fixed; the last
     ``final_finetune_steps`` steps fine-tune with it.
 

@@ -2,8 +2,8 @@
 
 The ``EveryStep`` schedule (no events: the mask is recomputed inside the
 step), the n:m ``NMPattern`` on |W| and the ``SrsteDecay`` regulariser,
-whose fused op updates the dense weights, recomputes the mask and writes
-the masked weights in one pass.
+whose step op updates the dense weights, recomputes the mask and writes
+the masked weights (regulariser_ops.srste_step_).
 """
 from __future__ import annotations
 
