@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import importlib.util
 import json
 import math
@@ -209,6 +210,18 @@ def make_adamw(params, adam_kw):
         return torch.optim.AdamW(params, **adam_kw)
 
 
+def weights_sha256(model):
+    """SHA-256 over the model's state dict (names, dtypes, shapes and bytes,
+    in key order): two runs whose final weights agree bit for bit, and only
+    those, print the same digest."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def linear_schedule(optimizer, warmup_steps, total_steps):
     def factor(step):
         if step < warmup_steps:
@@ -373,6 +386,7 @@ def main(argv=None):
 
     wall = time.time() - t_start
     results["wall_seconds"] = wall
+    results["main"]["weights_sha256"] = weights_sha256(model)
 
     if args.output_dir:
         out = Path(args.output_dir)
@@ -398,6 +412,7 @@ def main(argv=None):
     else:
         print(f"val accuracy (AdamW):   {main_val:.4f}")
         print(f"test accuracy (AdamW):  {main_test:.4f}")
+    print(f"final weights sha256 ({desc}): {results['main']['weights_sha256']}")
     print(f"wall time: {wall:.0f} s")
     if args.output_dir:
         print(f"saved the {'pruned ' if args.optimizer == 'mgpp' else ''}model to {args.output_dir}")
