@@ -199,14 +199,41 @@ def plot(runs, meta, out_dir):
         plt.close(fig)
 
 
+def nm_markdown(runs):
+    """Test accuracy of the n:m runs, one row per method, one column per pattern."""
+    nm = [r for r in runs if r.get("pattern")]
+    if not nm:
+        return ""
+    pats = sorted({r["pattern"] for r in nm}, key=lambda p: tuple(int(x) for x in p.split(":")))
+    methods = list(dict.fromkeys(r["method"] for r in nm))
+    lines = ["", "TREC-6, n:m semi-structured, test accuracy, mean +- std over seeds:", "",
+             "| method | " + " | ".join(pats) + " |", "|---|" + "---|" * len(pats)]
+    for m in methods:
+        cells = []
+        for p in pats:
+            acc = [r["test_accuracy"] for r in nm if r["method"] == m and r["pattern"] == p
+                   and not r.get("study")]
+            if not acc:
+                cells.append("")
+                continue
+            mean = sum(acc) / len(acc)
+            std = (sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) ** 0.5 if len(acc) > 1 else 0.0
+            cells.append(f"{mean:.4f} +- {std:.4f} (n={len(acc)})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--results", type=Path, default=HERE / "results.json")
     args = p.parse_args(argv)
     doc = json.loads(args.results.read_text())
-    text = markdown(doc["runs"], doc["meta"])
+    # n:m runs (a "pattern") have their own table; they must not land in the
+    # unstructured columns of the same sparsity.
+    runs = [r for r in doc["runs"] if not r.get("pattern")]
+    text = markdown(runs, doc["meta"]) + nm_markdown(doc["runs"])
     (args.results.parent / "results.md").write_text(text + "\n")
-    plot(doc["runs"], doc["meta"], args.results.parent)
+    plot(runs, doc["meta"], args.results.parent)
     print(text)
 
 
