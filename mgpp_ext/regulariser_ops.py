@@ -1,27 +1,26 @@
 """The steps and projections of the ADMM and SR-STE regularisers.
 
 These are the per-family ops the regularisers in ``mgpp_ext.regularisers``
-call (``admm_step_``, ``admm_project_``, ``admm_combine_``,
-``admm_threshold_mask_``, ``srste_step_``). This module implements them in
-PyTorch over the shared AdamW arithmetic of ``mgpp_ext.reference`` (the same
-order of operations and roundings as the fused ``mgpp_step_`` kernel, so a
-step here and a kernel step agree bit for bit on the CPU), and the n:m
-selection runs in the compiled ``nm_mask`` kernel. They are not fused: each
-op makes several passes over memory. The fused C++/CUDA versions take the
-same arguments and will replace these bodies without changing a caller.
+call, thin wrappers over the fused ``torch.ops.mgpp_ext`` kernels (schemas
+and their definitions in ``csrc/regulariser_ops.cpp``; CPU in
+``csrc/cpu/regulariser_cpu.cpp``, CUDA in ``csrc/cuda/regulariser_cuda.cu``).
+Each op reads and writes memory once. ``mgpp_ext.reference_regularisers``
+holds the same ops in plain PyTorch, and the kernels are tested against it
+bit for bit.
 
-ADMM's two tensors Z and U are held as one fp32 tensor A and a 1-bit mask M
-(``pack_dual_mask``): Z = A M and U = A (1 - M).
+ADMM's two tensors Z and U are held as one fp32 tensor A per param and a
+packed 1-bit mask M (``new_dual_mask``): Z = A M and U = A (1 - M), which
+is exact right after a projection, when their supports are disjoint. 4
+bytes and 1 bit per weight instead of 8 bytes.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .nm import nm_mask
-from .reference import power, sqrt_fp32
 from . import ops
+
+__all__ = ["new_dual_mask", "pack_dual_mask", "unpack_dual_mask", "admm_step_", "admm_combine_",
+           "admm_project_", "admm_threshold_mask_", "srste_step_"]
 
 
 def _bit_weights(device):
@@ -30,7 +29,8 @@ def _bit_weights(device):
 
 def new_dual_mask(like):
     """A zeroed packed mask for a tensor like ``like``: ceil(numel / 8)
-    bytes, bit j of byte i for element 8 i + j (row-major)."""
+    bytes, bit j of byte i for element 8 i + j (row-major); the padding bits
+    of the last byte are clear."""
     return torch.zeros(-(-like.numel() // 8), dtype=torch.uint8, device=like.device)
 
 
@@ -53,95 +53,82 @@ def unpack_dual_mask(packed, like):
     return bits.reshape(-1)[: like.numel()].view(like.shape)
 
 
-def _adamw(theta, grad, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
-    """AdamW in fp32, written as ``mgpp_ext.reference`` (and the kernels)
-    round it."""
-    theta = theta * (1.0 - lr * weight_decay)
-    m = beta1 * m + (1.0 - beta1) * grad
-    v = beta2 * v + (1.0 - beta2) * (grad * grad)
-    step_size = lr / (1.0 - power(beta1, step))
-    bc2_sqrt = torch.tensor(math.sqrt(1.0 - power(beta2, step)), device=theta.device)
-    denom = sqrt_fp32(v) / bc2_sqrt + eps
-    return theta - step_size * (m / denom), m, v
+def _list(xs):
+    return list(xs)
 
 
-def _gate_closed(apply_if):
-    return apply_if is not None and not bool(apply_if)
-
-
-def _zu(a, packed):
-    keep = unpack_dual_mask(packed, a)
-    return a.masked_fill(~keep, 0.0), a.masked_fill(keep, 0.0)
-
-
-@torch.no_grad()
 def admm_step_(params, grads, exp_avgs, exp_avg_sqs, duals, dual_masks, *, lr, beta1, beta2, eps,
                weight_decay, step, rho, apply_if=None):
-    """AdamW on ``L(W) + (rho / 2) ||W - Z + U||^2``, in place: the gradient
-    each param's AdamW step sees is ``g + rho ((W - Z) + U)``, with Z and U
-    from ``duals[i]`` (A) and ``dual_masks[i]`` (packed M). ``apply_if``: a
-    one-element bool tensor; False leaves everything as it is."""
-    if rho <= 0:
-        raise ValueError(f"admm_step_: 'rho' must be > 0, got {rho}")
-    if _gate_closed(apply_if):
-        return
-    for p, g, m, v, a, k in zip(params, grads, exp_avgs, exp_avg_sqs, duals, dual_masks):
-        w = p.float()
-        z, u = _zu(a, k)
-        grad = g.float() + rho * ((w - z) + u)
-        theta, m_new, v_new = _adamw(w, grad, m.float(), v.float(), lr=lr, beta1=beta1,
-                                     beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
-        p.copy_(theta)
-        m.copy_(m_new)
-        v.copy_(v_new)
+    """AdamW on ``L(W) + (rho / 2) ||W - Z + U||^2``, in place and in one
+    pass: the gradient each param's AdamW step sees is ``g + rho ((W - Z) +
+    U)``, with Z and U from ``duals[i]`` (A, fp32) and ``dual_masks[i]``
+    (packed M). ``exp_avgs``/``exp_avg_sqs`` have the params' dtype or
+    fp32. ``apply_if``: a one-element bool tensor on the params' device;
+    False leaves everything as it is."""
+    ops.require_extension()
+    torch.ops.mgpp_ext.admm_step_(_list(params), _list(grads), _list(exp_avgs), _list(exp_avg_sqs),
+                                  _list(duals), _list(dual_masks), float(lr), float(beta1),
+                                  float(beta2), float(eps), float(weight_decay), int(step),
+                                  float(rho), apply_if)
 
 
-@torch.no_grad()
 def admm_combine_(params, duals, dual_masks):
-    """A <- W + U for each param (the argument of the next projection)."""
-    for p, a, k in zip(params, duals, dual_masks):
-        _, u = _zu(a, k)
-        a.copy_(p.float() + u)
+    """A <- W + U for each param (the argument of a global projection)."""
+    ops.require_extension()
+    torch.ops.mgpp_ext.admm_combine_(_list(params), _list(duals), _list(dual_masks))
 
 
-@torch.no_grad()
 def admm_project_(params, duals, dual_masks, n, m, dims):
-    """Z <- Proj_{n:m}(W + U), U <- U + W - Z, in place: A <- W + U and
-    M <- the n:m keep mask of |A| along ``dims[i]``."""
-    admm_combine_(params, duals, dual_masks)
-    for a, k, d in zip(duals, dual_masks, dims):
-        pack_dual_mask(nm_mask(a.abs(), n, m, d), out=k)
+    """Z <- Proj_{n:m}(W + U), U <- U + W - Z, in place and in one pass:
+    A <- W + U and M <- the n:m keep mask of |A| along ``dims[i]`` (ties to
+    the lower index, as ``nm_mask``)."""
+    ops.require_extension()
+    torch.ops.mgpp_ext.admm_project_(_list(params), _list(duals), _list(dual_masks), int(n), int(m),
+                                     [int(d) for d in dims])
 
 
-@torch.no_grad()
 def admm_threshold_mask_(duals, select_state, dual_masks):
     """M <- |A| > tau, tau the finished select's threshold (the global
     projection onto the k largest |W + U|)."""
-    tau = ops.threshold_from_select_state(select_state)
-    for a, k in zip(duals, dual_masks):
-        pack_dual_mask(a.abs() > tau, out=k)
+    ops.require_extension()
+    torch.ops.mgpp_ext.admm_threshold_mask_(_list(duals), select_state, _list(dual_masks))
 
 
-@torch.no_grad()
 def srste_step_(params, grads, dense, exp_avgs, exp_avg_sqs, masks, *, lr, beta1, beta2, eps,
                 weight_decay, step, lambda_w, n, m, dims, update_mask, apply_if=None):
-    """SR-STE's step, in place: AdamW on the dense W with the gradient
-    ``g + lambda_w (1 - M) W`` (g taken at W M), then, if ``update_mask``,
-    M <- the n:m mask of the updated |W| along ``dims[i]``, and the param
-    <- W M."""
-    if lambda_w < 0:
-        raise ValueError(f"srste_step_: 'lambda_w' must be >= 0, got {lambda_w}")
-    if _gate_closed(apply_if):
-        return
-    for p, g, w, m_, v, keep, d in zip(params, grads, dense, exp_avgs, exp_avg_sqs, masks, dims):
-        wf = w.float()
-        grad = g.float()
-        grad = torch.where(keep, grad, grad + lambda_w * wf)
-        theta, m_new, v_new = _adamw(wf, grad, m_.float(), v.float(), lr=lr, beta1=beta1,
-                                     beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
-        w.copy_(theta)
-        m_.copy_(m_new)
-        v.copy_(v_new)
-        if update_mask:
-            keep.copy_(nm_mask(w.abs(), n, m, d))
-        p.copy_(w.masked_fill(~keep, 0.0))
+    """SR-STE's step, in place and in one pass: AdamW on the dense W
+    (``dense[i]``, the params' dtype) with the gradient ``g + lambda_w (1 -
+    M) W`` (g taken at W M), then, if ``update_mask``, M (``masks[i]``,
+    bool) <- the n:m mask of the updated |W| along ``dims[i]``, and the
+    param <- W M (a dropped weight is +0)."""
+    ops.require_extension()
+    torch.ops.mgpp_ext.srste_step_(_list(params), _list(grads), _list(dense), _list(exp_avgs),
+                                   _list(exp_avg_sqs), _list(masks), float(lr), float(beta1),
+                                   float(beta2), float(eps), float(weight_decay), int(step),
+                                   float(lambda_w), int(n), int(m), [int(d) for d in dims],
+                                   bool(update_mask), apply_if)
+
+
+if ops.EXTENSION_ERROR is None:
+
+    @torch.library.register_fake("mgpp_ext::admm_step_")
+    def _(params, grads, exp_avgs, exp_avg_sqs, duals, dual_masks, lr, beta1, beta2, eps,
+          weight_decay, step, rho, apply_if=None):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::admm_combine_")
+    def _(params, duals, dual_masks):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::admm_project_")
+    def _(params, duals, dual_masks, n, m, dims):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::admm_threshold_mask_")
+    def _(duals, select_state, dual_masks):
+        return None
+
+    @torch.library.register_fake("mgpp_ext::srste_step_")
+    def _(params, grads, dense, exp_avgs, exp_avg_sqs, masks, lr, beta1, beta2, eps, weight_decay,
+          step, lambda_w, n, m, dims, update_mask, apply_if=None):
+        return None

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -102,6 +103,73 @@ inline void load_keep2(const bool* m, fVec& a, fVec& b) {
   a = fVec::loadu(bits);
   b = fVec::loadu(bits + fVec::size());
 #endif
+}
+
+// One vector of fVec::size() bool mask bytes as an all-ones (keep) /
+// all-zeros lane mask (for the gradient terms, which see one vector at a
+// time).
+inline fVec load_keep1(const bool* m) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
+  return _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_cmpneq_epi32_mask(w, _mm512_setzero_si512())));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
+  return _mm256_castsi256_ps(
+      _mm256_xor_si256(_mm256_cmpeq_epi32(w, _mm256_setzero_si256()), _mm256_set1_epi32(-1)));
+#else
+  uint32_t bits[fVec::size()];
+  for (int64_t j = 0; j < fVec::size(); ++j) bits[j] = m[j] ? ~0u : 0u;
+  return fVec::loadu(bits);
+#endif
+}
+
+// Bit i of a packed mask (bit j of byte b is element 8 b + j). Relaxed
+// atomic: a neighbouring unit of another thread may be updating the other
+// bits of the same byte (see store_bits).
+inline bool load_bit(const uint8_t* bits, int64_t i) {
+  return (__atomic_load_n(bits + (i >> 3), __ATOMIC_RELAXED) >> (i & 7)) & 1;
+}
+
+// fVec::size() bits of a packed mask from element i (a multiple of 8) as
+// all-ones / all-zeros lanes.
+inline fVec load_bits_keep(const uint8_t* bits, int64_t i) {
+  const uint8_t* b = bits + (i >> 3);
+#if defined(CPU_CAPABILITY_AVX512)
+  const __mmask16 k = static_cast<__mmask16>(b[0] | (uint32_t(b[1]) << 8));
+  return _mm512_castsi512_ps(_mm512_movm_epi32(k));
+#elif defined(CPU_CAPABILITY_AVX2)
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i v = _mm256_and_si256(_mm256_set1_epi32(b[0]), sel);
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, sel));
+#else
+  uint32_t lanes[fVec::size()];
+  for (int64_t j = 0; j < fVec::size(); ++j) lanes[j] = ((b[j >> 3] >> (j & 7)) & 1) ? ~0u : 0u;
+  return fVec::loadu(lanes);
+#endif
+}
+
+// Writes bits [offset, offset + len) of a packed mask from keep lanes (0 or
+// -1). Bytes the range covers whole are stored; an edge byte is shared with
+// a neighbouring range that another thread may be writing, so only its own
+// bits change, atomically.
+inline void store_bits(uint8_t* bits, int64_t offset, const int32_t* keep, int64_t len) {
+  int64_t j = 0;
+  while (j < len) {
+    const int64_t e = offset + j;
+    const int sh = int(e & 7);
+    const int cnt = int(std::min<int64_t>(8 - sh, len - j));
+    uint32_t val = 0;
+    for (int t = 0; t < cnt; ++t) val |= uint32_t(keep[j + t] & 1) << (sh + t);
+    uint8_t* byte = bits + (e >> 3);
+    if (cnt == 8) {
+      *byte = static_cast<uint8_t>(val);
+    } else {
+      const uint8_t own = static_cast<uint8_t>(((1u << cnt) - 1u) << sh);
+      __atomic_fetch_and(byte, static_cast<uint8_t>(~own), __ATOMIC_RELAXED);
+      __atomic_fetch_or(byte, static_cast<uint8_t>(val), __ATOMIC_RELAXED);
+    }
+    j += cnt;
+  }
 }
 
 inline float float_of_bits(uint32_t bits) {

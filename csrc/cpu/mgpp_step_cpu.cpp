@@ -200,41 +200,12 @@ void check_step_args(at::TensorList params, at::TensorList grads,
                      bool prior, double n, double lam, double s0, double s1) {
   const char* op = "mgpp_step_";
   const size_t np = params.size();
-  TORCH_CHECK(grads.size() == np && exp_avgs.size() == np &&
-                  exp_avg_sqs.size() == np,
-              op, ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have "
-              "the same length, got ", np, ", ", grads.size(), ", ",
-              exp_avgs.size(), ", ", exp_avg_sqs.size());
+  check_adamw_lists(params, grads, exp_avgs, exp_avg_sqs, op);
   TORCH_CHECK(masks.empty() || masks.size() == np, op,
               ": 'masks' must be empty or have one mask per param (", np,
               "), got ", masks.size());
-  check_cpu_float_list(params, op, "params");
-  check_cpu_float_list(grads, op, "grads");
-  check_cpu_float_list(exp_avgs, op, "exp_avgs");
-  check_cpu_float_list(exp_avg_sqs, op, "exp_avg_sqs");
   check_hist(hist, op, /*allow_empty=*/true);
   if (np == 0) return;
-  const auto pt = params[0].scalar_type();
-  const auto st = exp_avgs[0].scalar_type();
-  TORCH_CHECK(st == pt || st == at::kFloat, op,
-              ": 'exp_avgs' must have the params' dtype or float32, got ", st,
-              " for params of ", pt);
-  for (size_t i = 0; i < np; ++i) {
-    TORCH_CHECK(params[i].scalar_type() == pt && grads[i].scalar_type() == pt,
-                op, ": all 'params' and 'grads' must share one dtype (", pt,
-                "); entry ", i, " has ", params[i].scalar_type(), " and ",
-                grads[i].scalar_type());
-    TORCH_CHECK(exp_avgs[i].scalar_type() == st &&
-                    exp_avg_sqs[i].scalar_type() == st,
-                op, ": all 'exp_avgs' and 'exp_avg_sqs' must share one dtype (",
-                st, "); entry ", i, " differs");
-    const auto& shape = params[i].sizes();
-    TORCH_CHECK(grads[i].sizes() == shape && exp_avgs[i].sizes() == shape &&
-                    exp_avg_sqs[i].sizes() == shape,
-                op, ": entry ", i, " has mismatched shapes: param ", shape,
-                ", grad ", grads[i].sizes(), ", exp_avg ", exp_avgs[i].sizes(),
-                ", exp_avg_sq ", exp_avg_sqs[i].sizes());
-  }
   check_cpu_masks(masks, params, op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   if (prior) {
@@ -322,13 +293,7 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
       run_term(p_tag, s_tag, NoTerm{});
     }
   };
-  if (pt == at::kFloat) {
-    run(float{}, float{});
-  } else if (pt == at::kBFloat16) {
-    if (st == at::kFloat) run(at::BFloat16{}, float{}); else run(at::BFloat16{}, at::BFloat16{});
-  } else {
-    if (st == at::kFloat) run(at::Half{}, float{}); else run(at::Half{}, at::Half{});
-  }
+  dispatch_param_state(pt, st, run);
   for (auto& t : p) t.write_back();
   for (auto& t : m) t.write_back();
   for (auto& t : v) t.write_back();

@@ -1,0 +1,382 @@
+// The ADMM and SR-STE ops on the CPU (schemas in csrc/regulariser_ops.cpp).
+//
+// The steps are adamw_body.h's AdamW with the family's gradient term, in
+// one pass over param, grad, moments and the family's state. SR-STE's step
+// that recomputes the mask and ADMM's n:m projection walk nm_block.h's
+// units instead of flat chunks: each segment of a unit is stepped (or
+// combined) and its order keys taken while it is in L1, then the unit's
+// keep lanes write the mask and the masked weights. So each of them, too,
+// reads and writes memory once.
+//
+// Every tensor is worked on in row-major order (a non-contiguous one
+// through a contiguous copy), which is the order of the packed ADMM masks.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../regulariser_checks.h"
+#include "../step_checks.h"
+#include "adamw_body.h"
+#include "cpu_utils.h"
+#include "nm_block.h"
+
+namespace mgpp_ext {
+namespace cpu {
+namespace {
+
+// ADMM's gradient term: g + rho ((W - Z) + U), Z = A where the mask bit is
+// set and +0 elsewhere, U = A where it is clear and +0 elsewhere (selected
+// bitwise, as the reference's masked_fill does).
+struct AdmmTerm {
+  const float* a;
+  const uint8_t* bits;  // bit i is element i of this chunk (chunks start on a byte)
+  float rho;
+
+  fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
+    const fVec av = fVec::loadu(a + i);
+    const fVec z = av & load_bits_keep(bits, i);
+    const fVec u = av ^ z;
+    return g + fVec(rho) * ((p - z) + u);
+  }
+  float operator()(const float& p, const float& g, int64_t i) const {
+    const bool keep = (bits[i >> 3] >> (i & 7)) & 1;
+    const float z = keep ? a[i] : 0.0f;
+    const float u = keep ? 0.0f : a[i];
+    return g + rho * ((p - z) + u);
+  }
+};
+
+// SR-STE's gradient term: g + lambda_w W where the mask drops the weight.
+struct SrsteTerm {
+  const bool* keep;
+  float lambda_w;
+
+  fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
+    return fVec::blendv(g + fVec(lambda_w) * p, g, load_keep1(keep + i));
+  }
+  float operator()(const float& p, const float& g, int64_t i) const {
+    return keep[i] ? g : g + lambda_w * p;
+  }
+};
+
+// Stores W M into the param beside the updated dense W (which adamw_block
+// stores itself); a dropped weight is +0.
+template <typename W>
+struct StoreMasked {
+  W* param;
+  const bool* keep;
+  void operator()(fVec& p0, fVec& p1, int64_t i) const {
+    fVec k0, k1;
+    load_keep2(keep + i, k0, k1);
+    store2(param + i, p0 & k0, p1 & k1);
+  }
+  void operator()(float& p, int64_t i) const {
+    param[i] = static_cast<W>(keep[i] ? p : 0.0f);
+  }
+};
+
+// The padding bits of a packed mask's last byte are kept clear, as
+// pack_dual_mask leaves them, so that a mask compares bytewise.
+void clear_padding(uint8_t* bits, int64_t numel) {
+  if (numel % 8 != 0) bits[numel / 8] &= static_cast<uint8_t>((1u << (numel % 8)) - 1u);
+}
+
+typedef uint32_t __attribute__((__may_alias__)) bits32_t;
+typedef uint16_t __attribute__((__may_alias__)) bits16_t;
+
+// out[j] = x[j] with its bits ANDed with keep[j] (0 / -1): a dropped weight
+// is +0, a kept one its exact bits.
+template <typename T>
+void masked_copy(T* out, const T* x, const int32_t* keep, int64_t len) {
+  using U = std::conditional_t<sizeof(T) == 4, bits32_t, bits16_t>;
+  U* o = reinterpret_cast<U*>(out);
+  const U* s = reinterpret_cast<const U*>(x);
+  for (int64_t j = 0; j < len; ++j) o[j] = s[j] & static_cast<U>(keep[j]);
+}
+
+void mask_bytes(bool* mask, const int32_t* keep, int64_t len) {
+  uint8_t* out = reinterpret_cast<uint8_t*>(mask);
+  for (int64_t j = 0; j < len; ++j) out[j] = static_cast<uint8_t>(keep[j] & 1);
+}
+
+void check_cpu_list(at::TensorList ts, const char* op, const char* name) {
+  for (size_t i = 0; i < ts.size(); ++i) {
+    TORCH_CHECK_VALUE(ts[i].device().is_cpu(), op, ": '", reg::entry(name, i),
+                      "' must be a CPU tensor, got ", ts[i].device());
+  }
+}
+
+// A gate that is closed: nothing is written.
+bool gate_closed(const std::optional<at::Tensor>& apply_if, at::TensorList params,
+                 const char* op) {
+  if (params.empty()) return false;
+  return check_apply_if(apply_if, params[0].device(), op) && !apply_if->item<bool>();
+}
+
+std::vector<ContiguousInOut> working(at::TensorList ts) {
+  std::vector<ContiguousInOut> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.emplace_back(t);
+  return out;
+}
+
+std::vector<at::Tensor> contiguous(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.contiguous());
+  return out;
+}
+
+void write_back(std::vector<ContiguousInOut>& ts) {
+  for (auto& t : ts) t.write_back();
+}
+
+std::vector<int64_t> numels_of(at::TensorList ts) {
+  std::vector<int64_t> n;
+  for (const auto& t : ts) n.push_back(t.numel());
+  return n;
+}
+
+void admm_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                   at::TensorList exp_avg_sqs, at::TensorList duals, at::TensorList dual_masks,
+                   double lr, double beta1, double beta2, double eps, double weight_decay,
+                   int64_t step, double rho, const std::optional<at::Tensor>& apply_if) {
+  const char* op = "admm_step_";
+  check_adamw_lists(params, grads, exp_avgs, exp_avg_sqs, op);
+  reg::check_duals(params, duals, dual_masks, op);
+  check_cpu_list(duals, op, "duals");
+  check_cpu_list(dual_masks, op, "dual_masks");
+  check_adamw_hyper(lr, beta1, beta2, eps, step, op);
+  reg::check_rho(rho, op);
+  if (params.empty() || gate_closed(apply_if, params, op)) return;
+  const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);
+  const float rho_f = static_cast<float>(rho);
+  auto p = working(params), m = working(exp_avgs), v = working(exp_avg_sqs);
+  const auto g = contiguous(grads), a = contiguous(duals);
+  const auto chunks = make_chunks(numels_of(params));
+  dispatch_param_state(params[0].scalar_type(), exp_avgs[0].scalar_type(), [&](auto p_tag,
+                                                                               auto s_tag) {
+    using P = decltype(p_tag);
+    using S = decltype(s_tag);
+    at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t ci = b; ci < e; ++ci) {
+        const Chunk& ch = chunks[ci];
+        const int64_t i = ch.tensor, o = ch.begin;  // o: a multiple of kChunk, so of 8
+        const AdmmTerm term{a[i].const_data_ptr<float>() + o,
+                            dual_masks[i].const_data_ptr<uint8_t>() + o / 8, rho_f};
+        adamw_block(p[i].work.data_ptr<P>() + o, g[i].const_data_ptr<P>() + o,
+                    m[i].work.data_ptr<S>() + o, v[i].work.data_ptr<S>() + o, ch.end - o, c,
+                    term, NoPost{});
+      }
+    });
+  });
+  write_back(p);
+  write_back(m);
+  write_back(v);
+}
+
+// A[j] <- W[j] + U[j] over [offset, offset + len), U = A where the mask bit
+// is clear and +0 where it is set (W + +0, as the reference adds it).
+template <typename W>
+void combine_range(const W* w, float* a, const uint8_t* bits, int64_t offset, int64_t len) {
+  for (int64_t j = offset; j < offset + len; ++j) {
+    const float u = load_bit(bits, j) ? 0.0f : a[j];
+    a[j] = static_cast<float>(w[j]) + u;
+  }
+}
+
+void check_project_lists(at::TensorList params, at::TensorList duals, at::TensorList dual_masks,
+                         const char* op) {
+  check_cpu_float_list(params, op, "params");
+  reg::check_duals(params, duals, dual_masks, op);
+  check_cpu_list(duals, op, "duals");
+  check_cpu_list(dual_masks, op, "dual_masks");
+}
+
+void admm_combine_cpu(at::TensorList params, at::TensorList duals, at::TensorList dual_masks) {
+  const char* op = "admm_combine_";
+  check_project_lists(params, duals, dual_masks, op);
+  const auto w = contiguous(params);
+  auto a = working(duals);
+  const auto chunks = make_chunks(numels_of(params));
+  at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t ci = b; ci < e; ++ci) {
+      const Chunk& ch = chunks[ci];
+      const int64_t i = ch.tensor;
+      MGPP_DISPATCH_PARAM_TYPES(w[i].scalar_type(), op, [&] {
+        combine_range(w[i].const_data_ptr<scalar_t>(), a[i].work.data_ptr<float>(),
+                      dual_masks[i].const_data_ptr<uint8_t>(), ch.begin, ch.end - ch.begin);
+      });
+    }
+  });
+  write_back(a);
+}
+
+void admm_project_cpu(at::TensorList params, at::TensorList duals, at::TensorList dual_masks,
+                      int64_t n, int64_t m, at::IntArrayRef dims) {
+  const char* op = "admm_project_";
+  nm::check_pattern(n, m, op);
+  check_project_lists(params, duals, dual_masks, op);
+  TORCH_CHECK_VALUE(dims.size() == params.size(), op, ": 'dims' must have one dim per param (",
+                    params.size(), "), got ", dims.size());
+  std::vector<nm_block::Units> units;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t d = nm::check_group_dim(params[i], dims[i], m, op, reg::entry("params", i));
+    units.push_back(params[i].numel() == 0
+                        ? nm_block::Units{}
+                        : nm_block::make_units(reg::row_major_layout(params[i].sizes(), d),
+                                               params[i].numel(), m));
+  }
+  const auto w = contiguous(params);
+  auto a = working(duals);
+  const auto pieces = nm_block::unit_pieces(units);
+  at::parallel_for(0, int64_t(pieces.size()), 1, [&](int64_t b, int64_t e) {
+    nm_block::Buffers buf;
+    for (int64_t pi = b; pi < e; ++pi) {
+      const Chunk& piece = pieces[pi];
+      const int64_t i = piece.tensor;
+      float* ai = a[i].work.data_ptr<float>();
+      uint8_t* bits = dual_masks[i].data_ptr<uint8_t>();
+      MGPP_DISPATCH_PARAM_TYPES(w[i].scalar_type(), op, [&] {
+        const scalar_t* wi = w[i].const_data_ptr<scalar_t>();
+        const auto keys = [&](int64_t offset, int64_t len, int32_t* out) {
+          combine_range(wi, ai, bits, offset, len);
+          nm_block::keys_row<float, true>(ai + offset, len, out);
+        };
+        const auto write = [&](int64_t offset, const int32_t* keep, int64_t len) {
+          store_bits(bits, offset, keep, len);
+        };
+        for (int64_t u = piece.begin; u < piece.end; ++u) {
+          nm_block::run_unit(units[i], u, int(m), int(n), buf, keys, write);
+        }
+      });
+    }
+  });
+  write_back(a);
+  for (size_t i = 0; i < params.size(); ++i) {
+    clear_padding(dual_masks[i].data_ptr<uint8_t>(), params[i].numel());
+  }
+}
+
+void admm_threshold_mask_cpu(at::TensorList duals, const at::Tensor& select_state,
+                             at::TensorList dual_masks) {
+  const char* op = "admm_threshold_mask_";
+  check_select_state(select_state, op);
+  TORCH_CHECK_VALUE(select_state.device().is_cpu(), op,
+                    ": 'select_state' must be a CPU tensor, got ", select_state.device());
+  // The duals are their own params here: only their shapes are compared.
+  reg::check_duals(duals, duals, dual_masks, op);
+  check_cpu_list(duals, op, "duals");
+  check_cpu_list(dual_masks, op, "dual_masks");
+  const float tau = float_of_bits(static_cast<uint32_t>(select_state.const_data_ptr<int64_t>()[2]));
+  const auto a = contiguous(duals);
+  const auto chunks = make_chunks(numels_of(duals));
+  at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t ci = b; ci < e; ++ci) {
+      const Chunk& ch = chunks[ci];
+      const float* ai = a[ch.tensor].const_data_ptr<float>();
+      uint8_t* bits = dual_masks[ch.tensor].data_ptr<uint8_t>();
+      // Chunks start on a byte; the last byte of a tensor may be partial.
+      for (int64_t j = ch.begin; j < ch.end; j += 8) {
+        uint32_t byte = 0;
+        const int64_t cnt = std::min<int64_t>(8, ch.end - j);
+        for (int64_t t = 0; t < cnt; ++t) byte |= uint32_t(std::fabs(ai[j + t]) > tau) << t;
+        bits[j >> 3] = static_cast<uint8_t>(byte);
+      }
+    }
+  });
+}
+
+void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList dense,
+                    at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList masks,
+                    double lr, double beta1, double beta2, double eps, double weight_decay,
+                    int64_t step, double lambda_w, int64_t n, int64_t m, at::IntArrayRef dims,
+                    bool update_mask, const std::optional<at::Tensor>& apply_if) {
+  const char* op = "srste_step_";
+  check_adamw_lists(params, grads, exp_avgs, exp_avg_sqs, op);
+  const std::vector<int64_t> d = reg::check_srste(params, dense, masks, n, m, dims, lambda_w, op);
+  check_cpu_list(dense, op, "dense");
+  check_cpu_list(masks, op, "masks");
+  check_adamw_hyper(lr, beta1, beta2, eps, step, op);
+  if (params.empty() || gate_closed(apply_if, params, op)) return;
+  const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);
+  const float lam = static_cast<float>(lambda_w);
+  auto p = working(params), w = working(dense), mo = working(exp_avgs), v = working(exp_avg_sqs),
+       k = working(masks);
+  const auto g = contiguous(grads);
+  dispatch_param_state(params[0].scalar_type(), exp_avgs[0].scalar_type(), [&](auto p_tag,
+                                                                               auto s_tag) {
+    using P = decltype(p_tag);
+    using S = decltype(s_tag);
+    if (!update_mask) {
+      // The mask is fixed: a flat pass, W M stored beside W.
+      const auto chunks = make_chunks(numels_of(params));
+      at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
+        for (int64_t ci = b; ci < e; ++ci) {
+          const Chunk& ch = chunks[ci];
+          const int64_t i = ch.tensor, o = ch.begin;
+          const bool* keep = k[i].work.const_data_ptr<bool>() + o;
+          adamw_block(w[i].work.data_ptr<P>() + o, g[i].const_data_ptr<P>() + o,
+                      mo[i].work.data_ptr<S>() + o, v[i].work.data_ptr<S>() + o, ch.end - o, c,
+                      SrsteTerm{keep, lam}, StoreMasked<P>{p[i].work.data_ptr<P>() + o, keep});
+        }
+      });
+      return;
+    }
+    // The mask is recomputed: per n:m unit, step each segment (with the old
+    // mask's term), key the stored dense weights, select, write M and W M.
+    std::vector<nm_block::Units> units;
+    for (size_t i = 0; i < params.size(); ++i) {
+      units.push_back(params[i].numel() == 0
+                          ? nm_block::Units{}
+                          : nm_block::make_units(reg::row_major_layout(params[i].sizes(), d[i]),
+                                                 params[i].numel(), m));
+    }
+    const auto pieces = nm_block::unit_pieces(units);
+    at::parallel_for(0, int64_t(pieces.size()), 1, [&](int64_t b, int64_t e) {
+      nm_block::Buffers buf;
+      for (int64_t pi = b; pi < e; ++pi) {
+        const Chunk& piece = pieces[pi];
+        const int64_t i = piece.tensor;
+        P* wi = w[i].work.data_ptr<P>();
+        P* pi_ = p[i].work.data_ptr<P>();
+        const P* gi = g[i].const_data_ptr<P>();
+        S* mi = mo[i].work.data_ptr<S>();
+        S* vi = v[i].work.data_ptr<S>();
+        bool* ki = k[i].work.data_ptr<bool>();
+        const auto keys = [&](int64_t o, int64_t len, int32_t* out) {
+          adamw_block(wi + o, gi + o, mi + o, vi + o, len, c, SrsteTerm{ki + o, lam}, NoPost{});
+          nm_block::keys_row<P, true>(wi + o, len, out);
+        };
+        const auto write = [&](int64_t o, const int32_t* keep, int64_t len) {
+          mask_bytes(ki + o, keep, len);
+          masked_copy(pi_ + o, wi + o, keep, len);
+        };
+        for (int64_t u = piece.begin; u < piece.end; ++u) {
+          nm_block::run_unit(units[i], u, int(m), int(n), buf, keys, write);
+        }
+      }
+    });
+  });
+  write_back(p);
+  write_back(w);
+  write_back(mo);
+  write_back(v);
+  write_back(k);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace mgpp_ext
+
+TORCH_LIBRARY_IMPL(mgpp_ext, CPU, m) {
+  m.impl("admm_step_", &mgpp_ext::cpu::admm_step_cpu);
+  m.impl("admm_combine_", &mgpp_ext::cpu::admm_combine_cpu);
+  m.impl("admm_project_", &mgpp_ext::cpu::admm_project_cpu);
+  m.impl("admm_threshold_mask_", &mgpp_ext::cpu::admm_threshold_mask_cpu);
+  m.impl("srste_step_", &mgpp_ext::cpu::srste_step_cpu);
+}
