@@ -117,3 +117,43 @@ def test_all_finite(device):
     opcheck(OPS.all_finite, (x,))
     x[0][3, 1] = float("inf")
     opcheck(OPS.all_finite, (x,))
+
+
+# ------------------------------------------------------- ADMM and SR-STE ops
+def regulariser_state(device, dtype):
+    from mgpp_ext import regulariser_ops as rops  # registers the fake implementations
+
+    g = torch.Generator().manual_seed(2)
+    shapes = [(8, 12), (4, 5)]
+    params = [torch.randn(s, generator=g).to(device, dtype) for s in shapes]
+    grads = [torch.randn(s, generator=g).to(device, dtype) for s in shapes]
+    exp_avgs = [0.1 * torch.randn(s, generator=g).to(device, dtype) for s in shapes]
+    exp_avg_sqs = [torch.rand(s, generator=g).to(device, dtype) for s in shapes]
+    duals = [torch.randn(s, generator=g).to(device) for s in shapes]
+    masks = [rops.pack_dual_mask(torch.rand(s, generator=g) > 0.5).to(device) for s in shapes]
+    return params, grads, exp_avgs, exp_avg_sqs, duals, masks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gate", [None, True, False])
+def test_admm_step(device, dtype, gate):
+    p, g, m, v, a, k = regulariser_state(device, dtype)
+    kw = {} if gate is None else {"apply_if": torch.tensor(gate, device=device)}
+    opcheck(OPS.admm_step_, (p, g, m, v, a, k, 1e-2, 0.9, 0.98, 1e-6, 0.01, 3, 0.5), kw)
+
+
+def test_admm_project_combine_threshold(device):
+    p, _, _, _, a, k = regulariser_state(device, torch.float32)
+    opcheck(OPS.admm_project_, (p, a, k, 2, 4, [1, 0]))
+    opcheck(OPS.admm_combine_, (p, a, k))
+    sel = torch.tensor([0, 0, int(torch.tensor(0.5).view(torch.int32)), 0], device=device)
+    opcheck(OPS.admm_threshold_mask_, (a, sel, k))
+
+
+@pytest.mark.parametrize("update_mask", [True, False])
+def test_srste_step(device, update_mask):
+    p, g, m, v, _, _ = regulariser_state(device, torch.bfloat16)
+    dense = [x.clone() for x in p]
+    keep = [torch.ones(x.shape, dtype=torch.bool, device=device) for x in p]
+    opcheck(OPS.srste_step_, (p, g, dense, m, v, keep, 1e-2, 0.9, 0.98, 1e-6, 0.01, 3, 2e-4, 2, 4,
+                              [1, 0], update_mask))
