@@ -14,8 +14,13 @@ Before timing it checks that a fused event step and the reference event
 step (mgpp_ext.reference.ReferenceMGPP and the (d) path) agree, and that
 global_threshold equals kthvalue bitwise.
 
+Then the regulariser cases (regulariser_cases.py, --regularisers on|off|only):
+the ADMM step, the SR-STE step (mask updated / fixed) and torch AdamW on
+the same tensors, and ADMM's fused 2:4 projection against its eager form.
+
     PYTHONPATH=. python benchmarks/bench_step.py                 # CPU, 10M and 50M
     PYTHONPATH=. python benchmarks/bench_step.py --device cuda --shapes llama
+    PYTHONPATH=. python benchmarks/bench_step.py --regularisers only  # ADMM, SR-STE
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import time
 
 import torch
 
+import regulariser_cases
 from mgpp_ext import GMP, MGPP, Schedule, ops
 from mgpp_ext.reference import ReferenceMGPP, prior_gradient
 
@@ -634,6 +640,8 @@ def main(argv=None):
                     help="also time the pieces of (a), (b) and (d) separately")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    ap.add_argument("--regularisers", choices=("on", "off", "only"), default="on",
+                    help="the ADMM / SR-STE cases too (on), not (off), or alone (only)")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -672,11 +680,21 @@ def main(argv=None):
     for size in sizes:
         shapes = make_shapes(args.shapes, size)
         print(f"timing {size:,} ...", file=sys.stderr, flush=True)
-        rows[size] = bench_size(shapes, dtype, device, warmup, repeat, args.breakdown)
+        if args.regularisers != "only":
+            rows[size] = bench_size(shapes, dtype, device, warmup, repeat, args.breakdown)
+        else:
+            rows[size] = dict(numel=sum(a * b for a, b in shapes), tensors=len(shapes))
         gc.collect()
+        if args.regularisers != "off":
+            params, grads = make_tensors(shapes, dtype, device)
+            rows[size]["regularisers"] = regulariser_cases.bench(
+                params, grads, device, warmup, repeat, time_fn, adamw, CHECK_LIMIT)
+            del params, grads
+            gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if not args.no_memory:
+    measure_memory = not args.no_memory and args.regularisers != "only"
+    if measure_memory:
         if device.type == "cpu":
             exact_malloc_accounting()
         for size in sizes:
@@ -687,10 +705,13 @@ def main(argv=None):
                 torch.cuda.empty_cache()
 
     for size in sizes:
-        print_size(f"{args.shapes} {args.dtype} {args.device}, target {size:,}", rows[size],
-                   elt, copy_bw)
+        label = f"{args.shapes} {args.dtype} {args.device}, target {size:,}"
+        if args.regularisers != "only":
+            print_size(label, rows[size], elt, copy_bw)
+        if "regularisers" in rows[size]:
+            regulariser_cases.print_row(label, rows[size]["regularisers"], rows[size]["numel"])
     threads = info["threads"]
-    if not args.no_memory:
+    if measure_memory:
         hist_note = (f"{(threads + 1) * 2 + 0.5:.1f} MiB ({threads} per-thread + 1 global "
                      "64K-bin int64 level-0 histograms, the same for the three predicted "
                      "bins' level-1 histograms, and a cumulative sum for the next event's "

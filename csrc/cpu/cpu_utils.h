@@ -158,12 +158,20 @@ inline void store_bits(uint8_t* bits, int64_t offset, const int32_t* keep, int64
     const int64_t e = offset + j;
     const int sh = int(e & 7);
     const int cnt = int(std::min<int64_t>(8 - sh, len - j));
-    uint32_t val = 0;
-    for (int t = 0; t < cnt; ++t) val |= uint32_t(keep[j + t] & 1) << (sh + t);
     uint8_t* byte = bits + (e >> 3);
     if (cnt == 8) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+      // The sign bits of eight 0 / -1 lanes are the byte.
+      *byte = static_cast<uint8_t>(_mm256_movemask_ps(
+          _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keep + j)))));
+#else
+      uint32_t val = 0;
+      for (int t = 0; t < 8; ++t) val |= uint32_t(keep[j + t] & 1) << t;
       *byte = static_cast<uint8_t>(val);
+#endif
     } else {
+      uint32_t val = 0;
+      for (int t = 0; t < cnt; ++t) val |= uint32_t(keep[j + t] & 1) << (sh + t);
       const uint8_t own = static_cast<uint8_t>(((1u << cnt) - 1u) << sh);
       __atomic_fetch_and(byte, static_cast<uint8_t>(~own), __ATOMIC_RELAXED);
       __atomic_fetch_or(byte, static_cast<uint8_t>(val), __ATOMIC_RELAXED);

@@ -180,13 +180,30 @@ void admm_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
 }
 
 // A[j] <- W[j] + U[j] over [offset, offset + len), U = A where the mask bit
-// is clear and +0 where it is set (W + +0, as the reference adds it).
+// is clear and +0 where it is set (W + +0, as the reference adds it). The
+// vector body runs from the first byte boundary, over whole bytes of the
+// mask that lie inside the range (no other thread touches those).
 template <typename W>
 void combine_range(const W* w, float* a, const uint8_t* bits, int64_t offset, int64_t len) {
-  for (int64_t j = offset; j < offset + len; ++j) {
+  const auto scalar = [&](int64_t j) {
     const float u = load_bit(bits, j) ? 0.0f : a[j];
     a[j] = static_cast<float>(w[j]) + u;
+  };
+  const int64_t end = offset + len;
+  int64_t j = offset;
+  for (; j < end && (j & 7) != 0; ++j) scalar(j);
+  for (; j + kBlock <= end; j += kBlock) {
+    fVec w0, w1;
+    load2(w + j, w0, w1);
+    fVec a0 = fVec::loadu(a + j), a1 = fVec::loadu(a + j + fVec::size());
+    const fVec z0 = a0 & load_bits_keep(bits, j);
+    const fVec z1 = a1 & load_bits_keep(bits, j + fVec::size());
+    a0 = w0 + (a0 ^ z0);
+    a1 = w1 + (a1 ^ z1);
+    a0.store(a + j);
+    a1.store(a + j + fVec::size());
   }
+  for (; j < end; ++j) scalar(j);
 }
 
 void check_project_lists(at::TensorList params, at::TensorList duals, at::TensorList dual_masks,

@@ -12,6 +12,7 @@
 
 #include "../bias_correction.h"
 #include "../exp_fp32.h"
+#include "adamw_rn.cuh"
 #include "dtype.cuh"
 #include "hist_block.cuh"
 #include "multi_tensor.cuh"
@@ -63,11 +64,7 @@ __device__ __forceinline__ void mgpp_update(float& p, float g, float& m,
                                  __fmul_rn(__fsub_rn(1.0f, p0), s.inv_s1));
     g = __fadd_rn(g, __fmul_rn(__fmul_rn(p, s.inv_n), pull));
   }
-  p = __fmul_rn(p, s.decay);
-  m = __fadd_rn(__fmul_rn(s.b1, m), __fmul_rn(s.omb1, g));
-  v = __fadd_rn(__fmul_rn(s.b2, v), __fmul_rn(s.omb2, __fmul_rn(g, g)));
-  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bc2_sqrt), s.eps);
-  p = __fsub_rn(p, __fmul_rn(s.step_size, __fdiv_rn(m, denom)));
+  adamw_rn(p, g, m, v, s);
 }
 
 // The level-0 key of a stored |param|, clamped to the histogram window.
