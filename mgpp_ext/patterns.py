@@ -104,16 +104,8 @@ class NMPattern:
 
     @classmethod
     def parse(cls, pattern):
-        """``"2:4"`` (any "n:m") or an ``NMPattern``; None means the global pattern."""
-        from .nm import parse_pattern
-
-        if pattern is None:
-            return GlobalPattern()
-        if isinstance(pattern, GlobalPattern):
-            return pattern
-        if isinstance(pattern, NMPattern):
-            return cls(pattern.n, pattern.m, pattern.path)  # bind() fills in this optimizer's dims
-        return cls(*parse_pattern(pattern))
+        """The pattern part named by ``pattern`` (see ``parse``)."""
+        return parse(pattern)
 
     @property
     def text(self):
@@ -135,21 +127,14 @@ class NMPattern:
 
     def bind(self, opt):
         """Find each prunable tensor's input dim and check that m divides it."""
-        dims = []
-        for gi, pi, p in opt._prunable():
-            given = opt.param_groups[gi].get("input_dims")
-            dim = given[pi] if given is not None else -1
-            if not -p.dim() <= dim < p.dim():
-                raise ValueError(f"{type(opt).__name__}: input dim {dim} of '{opt._name(gi, pi)}' is out of "
-                                 f"range for its shape {tuple(p.shape)}")
-            dim %= p.dim()
+        dims = input_dims(opt)
+        for (gi, pi, p), dim in zip(opt._prunable(), dims):
             size = local(p).shape[dim]
             if size % self.m:
                 raise ValueError(
                     f"{type(opt).__name__}: pattern '{self.text}' needs the input dim of every prunable "
                     f"tensor to be a multiple of {self.m}, but '{opt._name(gi, pi)}' has size {size} along "
                     f"dim {dim} (shape {tuple(local(p).shape)})")
-            dims.append(dim)
         self.dims = dims
 
     def prune(self, opt, pieces, k, n_total, hist, want_masks):
@@ -191,3 +176,138 @@ class NMPattern:
             p.masked_fill_(~keep, 0.0)
         opt._threshold = tau
         return masks if want_masks else []
+
+
+def input_dims(opt):
+    """Each prunable tensor's input dim, wrapped: its param group's
+    ``"input_dims"`` entry (``prunable_param_groups`` records it: the last
+    dim of an ``nn.Linear`` weight, dim 0 of a GPT-2 ``Conv1D`` weight), the
+    last dim otherwise."""
+    dims = []
+    for gi, pi, p in opt._prunable():
+        given = opt.param_groups[gi].get("input_dims")
+        dim = given[pi] if given is not None else -1
+        if not -p.dim() <= dim < p.dim():
+            raise ValueError(f"{type(opt).__name__}: input dim {dim} of '{opt._name(gi, pi)}' is out of "
+                             f"range for its shape {tuple(p.shape)}")
+        dims.append(dim % p.dim())
+    return dims
+
+
+def _whole(opt, pattern_name):
+    """Refuse sharded tensors: per-tensor and per-row selection need what
+    they compare on one rank."""
+    for gi, pi, p in opt._prunable():
+        if tuple(local(p).shape) != tuple(p.shape):
+            raise ValueError(
+                f"{type(opt).__name__}: pattern '{pattern_name}' compares weights within one tensor, "
+                f"but '{opt._name(gi, pi)}' is sharded ({tuple(local(p).shape)} of {tuple(p.shape)} on "
+                "this rank); use the global or an n:m pattern")
+
+
+def _largest_dropped(scores, masks):
+    """The largest dropped score (-inf when none is), as the event's tau."""
+    worst = [s.float().masked_fill(keep, float("-inf")).max() for s, keep in zip(scores, masks)
+             if s.numel()]
+    return torch.stack(worst).max() if worst else torch.tensor(float("-inf"))
+
+
+class TensorPattern:
+    """Each prunable tensor keeps its own share: at sparsity s_t a tensor of
+    N_i weights drops exactly floor(s_t N_i) of them, its smallest scores
+    (``row_keep_mask`` over the flattened tensor: ties drop the higher index
+    first). So every tensor ends at the target sparsity, where the global
+    pattern lets some tensors keep more than others."""
+
+    name = "tensor"
+    uses_fused_histogram = False
+
+    def hyper(self):
+        return dict(pattern="tensor")
+
+    def check_target(self, target_sparsity):
+        pass
+
+    def bind(self, opt):
+        _whole(opt, self.name)
+
+    def prune(self, opt, local_, k, n_total, hist, want_masks):
+        from .rows import row_keep_mask
+
+        if hist is not None and hist.gate is not None and not bool(hist.gate.reshape(()).item()):
+            return None
+        scores = opt.score.tensors(opt)
+        scores = [p.abs() for p in local_] if scores is None else scores
+        masks = []
+        for p, s in zip(local_, scores):
+            keep = row_keep_mask(s.reshape(1, -1), opt.schedule.num_pruned(opt._t, s.numel()))
+            keep = keep.view(s.shape)
+            p.masked_fill_(~keep, 0.0)
+            masks.append(keep)
+        opt._threshold = _largest_dropped(scores, masks)
+        return masks if want_masks else []
+
+
+class RowPattern:
+    """Each output row keeps its own share: the weights of a row (the
+    entries that share every index but the input dim's: ``W[i, :]`` of an
+    ``nn.Linear``, ``W[:, j]`` of a GPT-2 ``Conv1D``) compete only with each
+    other, and at sparsity s_t a row of L weights drops exactly floor(s_t
+    L), its smallest scores (``row_keep_mask``: ties drop the higher index
+    first). The input dims are found as for ``NMPattern``."""
+
+    name = "row"
+    uses_fused_histogram = False
+
+    def __init__(self):
+        self.dims = None
+
+    def hyper(self):
+        return dict(pattern="row")
+
+    def check_target(self, target_sparsity):
+        pass
+
+    def bind(self, opt):
+        _whole(opt, self.name)
+        self.dims = input_dims(opt)
+
+    def prune(self, opt, local_, k, n_total, hist, want_masks):
+        from .rows import row_keep_mask
+
+        if hist is not None and hist.gate is not None and not bool(hist.gate.reshape(()).item()):
+            return None
+        scores = opt.score.tensors(opt)
+        scores = [p.abs() for p in local_] if scores is None else scores
+        masks = []
+        for p, s, d in zip(local_, scores, self.dims):
+            rows = s.movedim(d, -1)
+            k_row = opt.schedule.num_pruned(opt._t, rows.shape[-1])
+            keep = row_keep_mask(rows, k_row).movedim(-1, d)
+            p.masked_fill_(~keep, 0.0)
+            masks.append(keep)
+        opt._threshold = _largest_dropped(scores, masks)
+        return masks if want_masks else []
+
+
+def parse(pattern):
+    """The pattern part a method's ``pattern=`` names: None or ``"global"``
+    (one global threshold), ``"tensor"``, ``"row"``, ``"n:m"`` (e.g.
+    ``"2:4"``), or a pattern object (an ``NMPattern`` is copied, so that
+    ``bind`` fills in this optimizer's dims)."""
+    from .nm import parse_pattern
+
+    if pattern is None or pattern == "global":
+        return GlobalPattern()
+    if isinstance(pattern, GlobalPattern):
+        return pattern
+    if pattern == "tensor" or isinstance(pattern, TensorPattern):
+        return TensorPattern()
+    if pattern == "row" or isinstance(pattern, RowPattern):
+        return RowPattern()
+    if isinstance(pattern, NMPattern):
+        return NMPattern(pattern.n, pattern.m, pattern.path)
+    if isinstance(pattern, str) and ":" not in pattern:
+        raise ValueError(f"'pattern' must be None, 'global', 'tensor', 'row' or 'N:M' (e.g. '2:4'), "
+                         f"got {pattern!r}")
+    return NMPattern(*parse_pattern(pattern))

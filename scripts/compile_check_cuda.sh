@@ -2,7 +2,8 @@
 # Compile-checks the torch-free CUDA kernel sources (csrc/cuda/*_kernel.cu)
 # with plain nvcc for sm_80 and sm_90, so kernel typos are caught on machines
 # without a GPU or a CUDA build of torch. The bindings (csrc/cuda/mgpp_cuda.cu,
-# csrc/cuda/nm_cuda.cu, csrc/cuda/regulariser_cuda.cu) are compiled too, against the CPU torch headers with
+# csrc/cuda/nm_cuda.cu, csrc/cuda/regulariser_cuda.cu, csrc/cuda/row_cuda.cu) are compiled
+# too, against the CPU torch headers with
 # stand-ins (see below).
 # Flags mirror what torch.utils.cpp_extension passes to nvcc (no implicit
 # half/bfloat16 conversions), and warnings are errors.
@@ -72,7 +73,7 @@ if torch_inc=$("$py" -c "import torch.utils.cpp_extension as c; print('\n'.join(
   inc=(-I"$stub")
   while IFS= read -r d; do inc+=(-I"$d"); done <<< "$torch_inc"
   # As setup.py compiles them (torch 2.11+ headers expect C++20).
-  bindings=(mgpp_cuda nm_cuda regulariser_cuda)
+  bindings=(mgpp_cuda nm_cuda regulariser_cuda row_cuda)
   bpids=()
   for b in "${bindings[@]}"; do
     nvcc -std=c++20 -O0 --expt-relaxed-constexpr "${inc[@]}" \

@@ -59,7 +59,10 @@ class MGPP(PruningOptimizer):
             ``mgpp_ext.patterns.NMPattern``) ends in an exact n:m mask along
             each tensor's input dim, ``target_sparsity`` must then be 1 - n/m,
             and each event prunes the schedule's k among the weights outside
-            each group's n largest (see ``NMPattern``).
+            each group's n largest (see ``NMPattern``); ``"row"``: every
+            output row drops its own floor(s_t L) smallest (``RowPattern``);
+            ``"tensor"``: every tensor its own floor(s_t N_i)
+            (``TensorPattern``).
 
     Distributed runs need no option. Under DDP every rank holds the whole
     model and takes the same step. FSDP2 (DTensor) parameters carry their
