@@ -257,3 +257,42 @@ def test_dead_inputs_are_handled():
         ln.weight[3] = 0.0  # input 3 of q/k/v is always zero
     oneshot.prune(model, calibration(), method="sparsegpt", sparsity=0.5, progress=False)
     assert (q.weight[:, 3] == 0).all() and torch.isfinite(q.weight).all()
+
+
+# --------------------------------------------------------------------- SDS
+@pytest.mark.parametrize("regulariser", ["none", "l1", "decay", "prior"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sds_reconstructs_then_prunes_exactly(arch, regulariser):
+    model = MODELS[arch]()
+    dense = copy.deepcopy(model)
+    cal = calibration(samples=8)
+    out = oneshot.sds(model, cal, method="wanda", sparsity=0.5, pattern="2:4", epochs=3, lr=1e-3,
+                      regulariser=regulariser, strength=1e-3, progress=False)
+    assert set(out) == {"first", "dense", "second"}
+    for row in out["dense"]:  # the dense step reduces each layer's reconstruction loss
+        assert row["last_epoch_loss"] < row["first_epoch_loss"]
+    for layer in decoder_layers(model):
+        for mod in linear_sublayers(layer).values():
+            w = weight_view(mod)
+            assert ((w != 0).reshape(w.shape[0], -1, 4).sum(-1) <= 2).all()
+            assert not w.requires_grad
+    # Embeddings, norms and the head are untouched.
+    names = [n for n, _ in model.named_parameters()
+             if not any(n.endswith(f"{s}.weight") for s in ("proj", "c_attn", "c_fc"))]
+    sd, dd = model.state_dict(), dense.state_dict()
+    assert all(torch.equal(sd[n], dd[n]) for n in names if "norm" in n or "ln_" in n or "wte" in n
+               or "embed" in n)
+
+
+def test_sds_bad_options_refused():
+    model = tiny_llama()
+    cal = calibration()
+    with pytest.raises(ValueError, match="regulariser must be one of"):
+        oneshot.sds(model, cal, method="wanda", sparsity=0.5, regulariser="l2", progress=False)
+    with pytest.raises(TypeError, match="unknown option"):
+        oneshot.sds(model, cal, method="wanda", sparsity=0.5, blocksize=8, progress=False)
+    with pytest.raises(ValueError, match="epochs must be"):
+        oneshot.sds(model, cal, method="sparsegpt", sparsity=0.5, epochs=-1, progress=False)
+    with pytest.raises(TypeError, match="prior got unknown key"):
+        oneshot.sds(model, cal, method="wanda", sparsity=0.5, regulariser="prior",
+                    prior={"sigma": 1.0}, progress=False)

@@ -11,6 +11,11 @@ seq_len)`` evaluates the result. Methods (each in a file of its own):
 - ``"sparsegpt"`` (Frantar and Alistarh 2023): masks by w^2 / [H^-1]_jj^2
   and OBS updates of the remaining weights, in blocks of 128 columns.
 
+``sds(model, calibration, *, method, sparsity, pattern=None, **options)``
+is sparse-dense-sparse (``sds.py``): a one-shot pruning, a layer-wise dense
+reconstruction of the dense model's outputs under a sparsity-friendly
+regulariser, and a second one-shot pruning.
+
 All are sequential (``sequential.py``): the inputs of decoder layer 0 are
 recorded, then each layer's statistics are collected with hooks in one
 pass, its sublayers pruned, and the layer re-run so that the next one is
@@ -21,6 +26,7 @@ time. Llama-style (``model.model.layers``) and GPT-2-style
 from __future__ import annotations
 
 from .perplexity import perplexity
+from .sds import sds
 from .sequential import METHODS, prune
 
-__all__ = ["METHODS", "perplexity", "prune"]
+__all__ = ["METHODS", "perplexity", "prune", "sds"]

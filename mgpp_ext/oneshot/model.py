@@ -40,6 +40,11 @@ def weight_view(module):
     return module.weight.data.t() if _is_conv1d(module) else module.weight.data
 
 
+def weight_param_view(module):
+    """The same [out, in] view of the weight parameter itself, for autograd."""
+    return module.weight.t() if _is_conv1d(module) else module.weight
+
+
 class _Stop(Exception):
     pass
 
