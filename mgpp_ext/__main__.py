@@ -1,4 +1,6 @@
-"""Command line: ``python -m mgpp_ext report PATH`` prints a checkpoint's sparsity."""
+"""Command line: ``python -m mgpp_ext report PATH`` prints a checkpoint's
+sparsity; ``python -m mgpp_ext oneshot ...`` prunes a causal LM in one shot
+(``mgpp_ext.oneshot.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +30,12 @@ def main(argv=None):
     rep = sub.add_parser("report", help="per-tensor sparsity of a saved checkpoint")
     rep.add_argument("path", help=".safetensors (dense or save_sparse layout) or torch.save'd state dict")
     rep.add_argument("--all", action="store_true", help="include 1-d tensors (biases, LayerNorm)")
+    from .oneshot import cli as oneshot_cli
+
+    oneshot_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "oneshot":
+        return oneshot_cli.run(args)
 
     import os
 

