@@ -16,7 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-METHOD_NAMES = {"dense": "dense AdamW", "gmp": "GMP", "platon": "PLATON", "mgpp": "MGPP"}
+METHOD_NAMES = {"dense": "dense AdamW", "gmp": "GMP", "platon": "PLATON", "mgpp": "MGPP",
+                "admm": "ADMM", "srste": "SR-STE", "oneshot": "one-shot n:m magnitude + fine-tune"}
 
 
 def _mean_std(values):
@@ -67,7 +68,9 @@ def markdown(runs, meta):
         if ("trec", "dense", 0.0) in trec:
             dense = _cell([r["test_accuracy"] for r in trec[("trec", "dense", 0.0)]])
             lines.append(f"| dense AdamW | {dense} |" + " |" * len(sparsities))
-        for method in ("gmp", "platon", "mgpp"):
+        for method in ("gmp", "platon", "mgpp", "admm"):
+            if not any(k[1] == method for k in trec):
+                continue
             cells = []
             for x in sparsities:
                 recs = trec.get(("trec", method, x), [])
@@ -199,28 +202,101 @@ def plot(runs, meta, out_dir):
         plt.close(fig)
 
 
+def _pat_key(p):
+    return tuple(int(x) for x in p.split(":"))
+
+
 def nm_markdown(runs):
-    """Test accuracy of the n:m runs, one row per method, one column per pattern."""
+    """Test accuracy of the n:m runs, one row per method, one column per
+    pattern; then the two validation studies (the n:m path, ADMM's rho)."""
     nm = [r for r in runs if r.get("pattern")]
     if not nm:
         return ""
-    pats = sorted({r["pattern"] for r in nm}, key=lambda p: tuple(int(x) for x in p.split(":")))
-    methods = list(dict.fromkeys(r["method"] for r in nm))
-    lines = ["", "TREC-6, n:m semi-structured, test accuracy, mean +- std over seeds:", "",
+    pats = sorted({r["pattern"] for r in nm}, key=_pat_key)
+    methods = [m for m in ("oneshot", "gmp", "mgpp", "platon", "admm", "srste")
+               if any(r["method"] == m for r in nm)]
+    lines = ["", "TREC-6, n:m semi-structured (along each weight's input dim), test accuracy, "
+             "mean +- std over seeds (n = seeds run):", "",
              "| method | " + " | ".join(pats) + " |", "|---|" + "---|" * len(pats)]
+    dense = [r["test_accuracy"] for r in runs if r["task"] == "trec" and r["method"] == "dense"
+             and not r.get("study")]
+    if dense:
+        lines.append(f"| dense AdamW (0%) | {_cell(dense)} |" + " |" * (len(pats) - 1))
     for m in methods:
         cells = []
         for p in pats:
             acc = [r["test_accuracy"] for r in nm if r["method"] == m and r["pattern"] == p
                    and not r.get("study")]
-            if not acc:
-                cells.append("")
-                continue
-            mean = sum(acc) / len(acc)
-            std = (sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) ** 0.5 if len(acc) > 1 else 0.0
-            cells.append(f"{mean:.4f} +- {std:.4f} (n={len(acc)})")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            cells.append(_cell(acc) if acc else "not run")
+        lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+    path = [r for r in nm if r.get("study") == "nm_path"]
+    if path:
+        lines += ["", "Path to the n:m mask, 2:4, seed 0, VALIDATION accuracy (the default is "
+                  "`capped`):", "", "| method | capped | project |", "|---|---|---|"]
+        for m in ("gmp", "mgpp"):
+            capped = [r for r in nm if r["method"] == m and r["pattern"] == "2:4" and r["seed"] == 0
+                      and not r.get("study")]
+            proj = [r for r in path if r["method"] == m]
+            if capped and proj:
+                lines.append(f"| {METHOD_NAMES[m]} | {capped[0]['val_accuracy']:.4f} | "
+                             f"{proj[0]['val_accuracy']:.4f} |")
+    rho = [r for r in nm if r.get("study") == "admm_rho"]
+    if rho:
+        base = [r for r in nm if r["method"] == "admm" and r["pattern"] == "2:4" and r["seed"] == 0
+                and not r.get("study")]
+        lines += ["", "ADMM's rho, 2:4, seed 0, VALIDATION accuracy:", "", "| rho | val accuracy |",
+                  "|---|---|"]
+        rows = [(r["admm"]["rho"], r["val_accuracy"]) for r in rho]
+        if base:
+            import sys
+
+            sys.path.insert(0, str(HERE))
+            from run_grid import ADMM as GRID_ADMM  # the rho the grid's ADMM rows use
+
+            rows.append((GRID_ADMM["rho"], base[0]["val_accuracy"]))
+        for value, acc in sorted(rows):
+            mark = " (the grid's)" if base and value == GRID_ADMM["rho"] else ""
+            lines.append(f"| {value:g}{mark} | {acc:.4f} |")
     return "\n".join(lines)
+
+
+def nm_plot(runs, out_dir):
+    nm = [r for r in runs if r.get("pattern") and not r.get("study")]
+    if not nm:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pats = sorted({r["pattern"] for r in nm}, key=_pat_key)
+    methods = [m for m in ("oneshot", "gmp", "mgpp", "platon", "admm", "srste")
+               if any(r["method"] == m for r in nm)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        xs, ys, es = [], [], []
+        for j, p in enumerate(pats):
+            acc = [r["test_accuracy"] for r in nm if r["method"] == m and r["pattern"] == p]
+            if acc:
+                mean, std = _mean_std(acc)
+                xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                ys.append(mean)
+                es.append(std)
+        ax.bar(xs, ys, width, yerr=es, capsize=2, label=METHOD_NAMES[m].split(" +")[0])
+    dense = [r["test_accuracy"] for r in runs if r["task"] == "trec" and r["method"] == "dense"
+             and not r.get("study")]
+    if dense:
+        ax.axhline(_mean_std(dense)[0], color="gray", linestyle="--", label="dense")
+    ax.set_xticks(range(len(pats)), pats)
+    ax.set_ylim(0.7, 0.96)
+    ax.set_ylabel("test accuracy (mean +- std over seeds)")
+    ax.set_title("MiniLM-L6 on TREC-6, n:m sparsity")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out_dir / "nm_accuracy.png", dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -231,9 +307,10 @@ def main(argv=None):
     # n:m runs (a "pattern") have their own table; they must not land in the
     # unstructured columns of the same sparsity.
     runs = [r for r in doc["runs"] if not r.get("pattern")]
-    text = markdown(runs, doc["meta"]) + nm_markdown(doc["runs"])
+    text = markdown(runs, doc["meta"]) + "\n" + nm_markdown(doc["runs"])
     (args.results.parent / "results.md").write_text(text + "\n")
     plot(runs, doc["meta"], args.results.parent)
+    nm_plot(doc["runs"], args.results.parent)
     print(text)
 
 
