@@ -367,3 +367,21 @@ def test_smollm2_loads_and_prunes():
     report = oneshot.prune(model, cal, method="wanda", sparsity=0.5, pattern="2:4", progress=False)
     # At least half: the 4-bit weights hold a few exact zeros already.
     assert len(report) == 14 and all(0.5 <= r["sparsity"] < 0.51 for r in report)
+
+
+def test_sublayers_fed_one_input_share_their_statistics():
+    from mgpp_ext.oneshot.model import layer0_inputs
+    from mgpp_ext.oneshot.sequential import _collect
+    from mgpp_ext.oneshot.sparsegpt import SparseGPT
+
+    model = tiny_llama()
+    layers = decoder_layers(model)
+    inputs = layer0_inputs(model, layers, calibration(), 2)
+    stats = _collect(layers[0], linear_sublayers(layers[0]), inputs, SparseGPT(), "cpu")
+    groups = {}
+    for name, s in stats.items():
+        groups.setdefault(id(s), []).append(name)
+    assert sorted(sorted(g) for g in groups.values()) == [
+        ["mlp.down_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["self_attn.k_proj", "self_attn.q_proj",
+                                                              "self_attn.v_proj"], ["self_attn.o_proj"]]
+    assert all(s.tokens == 6 * 12 for s in stats.values())  # each input counted once

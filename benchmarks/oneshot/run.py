@@ -127,6 +127,16 @@ def table(results, args):
     return "\n".join(lines)
 
 
+def describe(results):
+    st = results["setup"]
+    c, e = st["calibration"], st["evaluation"]
+    return (f"SmolLM2-135M, perplexity on the NYT editorials' {e['split']} split ({e['tokens']:,} tokens "
+            f"in windows of {e['seq_len']}; lower is better) and the pruning call's wall time in "
+            f"seconds; calibration: {c['samples']} windows of {c['seq_len']} tokens ({c['tokens']:,} "
+            f"tokens) of Amazon and movie review snippets, the same ids for both libraries; "
+            f"{st['machine']['threads']} threads, torch {st['machine']['torch']}.")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=32)
@@ -192,7 +202,9 @@ def main(argv=None):
         save_results(results_path, results)
         print(f"  ppl {row['ppl']:.3f}, {row['seconds']:.1f} s", flush=True)
     if not args.study:
-        print(table(results, args))
+        text = describe(results) + "\n\n" + table(results, args)
+        (results_path.parent / "results.md").write_text(text + "\n")
+        print(text)
     else:
         for k, r in results["rows"].items():
             print(f"{k:40s} validation ppl {r['ppl']:.3f}  ({r['seconds']:.0f} s)")

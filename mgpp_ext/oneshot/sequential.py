@@ -109,18 +109,8 @@ def prune(model, calibration, *, method, sparsity, pattern=None, batch_size=8, p
         for li, (layer, mods) in enumerate(zip(layers, subs)):
             t0 = time.perf_counter()
             stats = {}
-            handles = []
             if pruner.needs_inputs:
-                for name, mod in mods.items():
-                    stats[name] = pruner.collector(weight_view(mod).shape[1], device)
-                    handles.append(mod.register_forward_hook(
-                        lambda m, args, out, s=stats[name]: s.add(args[0])))
-                try:
-                    for hidden, kwargs in inputs:
-                        layer(hidden, **kwargs)
-                finally:
-                    for h in handles:
-                        h.remove()
+                stats = _collect(layer, mods, inputs, pruner, device)
             t_stats = time.perf_counter() - t0
             for name, mod in mods.items():
                 t1 = time.perf_counter()
@@ -138,6 +128,40 @@ def prune(model, calibration, *, method, sparsity, pattern=None, batch_size=8, p
     finally:
         model.train(was_training)
     return report
+
+
+def _collect(layer, mods, inputs, pruner, device):
+    """``{name: statistics}`` of one layer's sublayers over the calibration
+    batches. Sublayers fed the very same input tensor (q, k and v; gate and
+    up) share one collector, so each statistic is computed once per input.
+    (The shared input is held for the batch, so its address cannot be
+    reused by a later tensor and mistaken for it.)"""
+    stats, owner, seen = {}, {}, {}
+
+    def hook(name):
+        def add(module, args, out):
+            x = args[0]
+            key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype)
+            if name not in stats:
+                if key in seen:
+                    stats[name], owner[name] = stats[seen[key][0]], False
+                    return
+                stats[name] = pruner.collector(x.shape[-1], device)
+                owner[name] = True
+                seen[key] = (name, x)
+            if owner[name]:
+                stats[name].add(x)
+        return add
+
+    handles = [mod.register_forward_hook(hook(name)) for name, mod in mods.items()]
+    try:
+        for hidden, kwargs in inputs:
+            layer(hidden, **kwargs)
+            seen.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
 
 
 def _progress(total, method, enabled):
