@@ -140,11 +140,10 @@ class NMPattern:
     def prune(self, opt, pieces, k, n_total, hist, want_masks):
         from .nm import nm_mask
 
-        if hist is not None and hist.gate is not None and not bool(hist.gate.reshape(()).item()):
+        scores = _event_scores(opt, pieces, hist)
+        if scores is None:
             return None
         final = opt._t == opt.schedule.t_e
-        scores = opt.score.tensors(opt)
-        scores = [p.abs() for p in pieces] if scores is None else scores
         if self.path == "project" and not final:
             sel = opt._global_select(scores, k, n_total)
             tau = ops.threshold_from_select_state(sel)
@@ -205,6 +204,15 @@ def _whole(opt, pattern_name):
                 "this rank); use the global or an n:m pattern")
 
 
+def _event_scores(opt, local_, hist):
+    """The scores an event ranks (the score part's, or |w|), or None when
+    the step's gate failed (nothing changes)."""
+    if hist is not None and hist.gate is not None and not bool(hist.gate.reshape(()).item()):
+        return None
+    scores = opt.score.tensors(opt)
+    return [p.abs() for p in local_] if scores is None else scores
+
+
 def _largest_dropped(scores, masks):
     """The largest dropped score (-inf when none is), as the event's tau."""
     worst = [s.float().masked_fill(keep, float("-inf")).max() for s, keep in zip(scores, masks)
@@ -234,10 +242,9 @@ class TensorPattern:
     def prune(self, opt, local_, k, n_total, hist, want_masks):
         from .rows import row_keep_mask
 
-        if hist is not None and hist.gate is not None and not bool(hist.gate.reshape(()).item()):
+        scores = _event_scores(opt, local_, hist)
+        if scores is None:
             return None
-        scores = opt.score.tensors(opt)
-        scores = [p.abs() for p in local_] if scores is None else scores
         masks = []
         for p, s in zip(local_, scores):
             keep = row_keep_mask(s.reshape(1, -1), opt.schedule.num_pruned(opt._t, s.numel()))
@@ -275,10 +282,9 @@ class RowPattern:
     def prune(self, opt, local_, k, n_total, hist, want_masks):
         from .rows import row_keep_mask
 
-        if hist is not None and hist.gate is not None and not bool(hist.gate.reshape(()).item()):
+        scores = _event_scores(opt, local_, hist)
+        if scores is None:
             return None
-        scores = opt.score.tensors(opt)
-        scores = [p.abs() for p in local_] if scores is None else scores
         masks = []
         for p, s, d in zip(local_, scores, self.dims):
             rows = s.movedim(d, -1)

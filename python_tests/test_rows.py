@@ -17,6 +17,7 @@ from mgpp_ext import GMP, MGPP, PLATON, ops
 from mgpp_ext.patterns import RowPattern, TensorPattern, parse
 from mgpp_ext.reference_rows import row_keep_mask_reference
 from mgpp_ext.rows import row_keep_mask
+from test_nm_pattern import make_params, run  # the same params and lr-0 event loop
 
 pytestmark = pytest.mark.skipif(ops.EXTENSION_ERROR is not None, reason="extension not built")
 
@@ -78,11 +79,6 @@ def test_opcheck(device):
 
 
 # ------------------------------------------------------------- the patterns
-def make_params(dtype, shapes=((8, 16), (12, 8), (4, 24))):
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(s, generator=g).to(dtype).requires_grad_() for s in shapes]
-
-
 def build(method, params, pattern, total=24, **kw):
     common = dict(lr=1e-2, total_steps=total, target_sparsity=0.7, initial_warmup_steps=2,
                   final_finetune_steps=4, prune_interval=3, pattern=pattern, **kw)
@@ -91,21 +87,6 @@ def build(method, params, pattern, total=24, **kw):
     if method == "gmp":
         return GMP(params, **common)
     return PLATON(params, **common)
-
-
-def run(opt, params, steps, check=None, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        t = opt.current_step
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
-        event = opt.schedule.is_event(t)
-        for group in opt.param_groups:
-            group["lr"] = 0.0 if event else 1e-2
-        before = [p.detach().clone() for p in params]
-        opt.step()
-        if event and check is not None:
-            check(opt, t, before, params)
 
 
 def reference_keep(before, pattern, sch, t, dims):
