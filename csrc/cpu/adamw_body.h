@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "../bias_correction.h"
+#include "../step_checks.h"
 #include "cpu_utils.h"
 
 namespace mgpp_ext {
@@ -43,16 +44,6 @@ inline AdamWConsts make_adamw_consts(double lr, double beta1, double beta2, doub
   c.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - power(beta2, step)));
   c.eps = static_cast<float>(eps);
   return c;
-}
-
-// The hyper-parameter checks every AdamW-based step makes.
-inline void check_adamw_hyper(double lr, double beta1, double beta2, double eps, int64_t step,
-                              const char* op) {
-  TORCH_CHECK(lr >= 0, op, ": 'lr' must be >= 0, got ", lr);
-  TORCH_CHECK(beta1 >= 0 && beta1 < 1, op, ": 'beta1' must be in [0, 1), got ", beta1);
-  TORCH_CHECK(beta2 >= 0 && beta2 < 1, op, ": 'beta2' must be in [0, 1), got ", beta2);
-  TORCH_CHECK(eps > 0, op, ": 'eps' must be > 0, got ", eps);
-  TORCH_CHECK(step >= 1, op, ": 'step' must be >= 1 (bias correction), got ", step);
 }
 
 // The list checks every AdamW-based step makes: equal lengths, CPU float

@@ -141,6 +141,18 @@ std::vector<int64_t> numels_of(at::TensorList ts) {
   return n;
 }
 
+// The n:m units of each tensor (its group dim d[i], row-major order).
+std::vector<nm_block::Units> nm_units(at::TensorList ts, const std::vector<int64_t>& d, int64_t m) {
+  std::vector<nm_block::Units> units;
+  for (size_t i = 0; i < ts.size(); ++i) {
+    units.push_back(ts[i].numel() == 0
+                        ? nm_block::Units{}
+                        : nm_block::make_units(reg::row_major_layout(ts[i].sizes(), d[i]),
+                                               ts[i].numel(), m));
+  }
+  return units;
+}
+
 void admm_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                    at::TensorList exp_avg_sqs, at::TensorList duals, at::TensorList dual_masks,
                    double lr, double beta1, double beta2, double eps, double weight_decay,
@@ -240,14 +252,11 @@ void admm_project_cpu(at::TensorList params, at::TensorList duals, at::TensorLis
   check_project_lists(params, duals, dual_masks, op);
   TORCH_CHECK_VALUE(dims.size() == params.size(), op, ": 'dims' must have one dim per param (",
                     params.size(), "), got ", dims.size());
-  std::vector<nm_block::Units> units;
+  std::vector<int64_t> d;
   for (size_t i = 0; i < params.size(); ++i) {
-    const int64_t d = nm::check_group_dim(params[i], dims[i], m, op, reg::entry("params", i));
-    units.push_back(params[i].numel() == 0
-                        ? nm_block::Units{}
-                        : nm_block::make_units(reg::row_major_layout(params[i].sizes(), d),
-                                               params[i].numel(), m));
+    d.push_back(nm::check_group_dim(params[i], dims[i], m, op, reg::entry("params", i)));
   }
+  const std::vector<nm_block::Units> units = nm_units(params, d, m);
   const auto w = contiguous(params);
   auto a = working(duals);
   const auto pieces = nm_block::unit_pieces(units);
@@ -346,13 +355,7 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
     }
     // The mask is recomputed: per n:m unit, step each segment (with the old
     // mask's term), key the stored dense weights, select, write M and W M.
-    std::vector<nm_block::Units> units;
-    for (size_t i = 0; i < params.size(); ++i) {
-      units.push_back(params[i].numel() == 0
-                          ? nm_block::Units{}
-                          : nm_block::make_units(reg::row_major_layout(params[i].sizes(), d[i]),
-                                                 params[i].numel(), m));
-    }
+    const std::vector<nm_block::Units> units = nm_units(params, d, m);
     const auto pieces = nm_block::unit_pieces(units);
     at::parallel_for(0, int64_t(pieces.size()), 1, [&](int64_t b, int64_t e) {
       nm_block::Buffers buf;

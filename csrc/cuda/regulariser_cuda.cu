@@ -104,15 +104,6 @@ at::Device check_adamw_lists(at::TensorList params, at::TensorList grads,
   return device;
 }
 
-void check_adamw_hyper(double lr, double beta1, double beta2, double eps, int64_t step,
-                       const char* op) {
-  TORCH_CHECK(lr >= 0, op, ": 'lr' must be >= 0, got ", lr);
-  TORCH_CHECK(beta1 >= 0 && beta1 < 1, op, ": 'beta1' must be in [0, 1), got ", beta1);
-  TORCH_CHECK(beta2 >= 0 && beta2 < 1, op, ": 'beta2' must be in [0, 1), got ", beta2);
-  TORCH_CHECK(eps > 0, op, ": 'eps' must be > 0, got ", eps);
-  TORCH_CHECK(step >= 1, op, ": 'step' must be >= 1 (bias correction), got ", step);
-}
-
 ck::StepScalars adamw_scalars(double lr, double beta1, double beta2, double eps,
                               double weight_decay, int64_t step, const bool* gate) {
   ck::StepHyper hp{};
