@@ -50,8 +50,10 @@ class GlobalPattern:
             ops.apply_threshold_(local, sel, masks)
             opt._threshold = ops.threshold_from_select_state(sel)
             return masks
-        sel = opt._global_select(scores, k, n_total)
-        tau = ops.threshold_from_select_state(sel)
+        if getattr(opt.score, "signed", False):
+            tau = opt._signed_threshold(scores, k, n_total)
+        else:
+            tau = ops.threshold_from_select_state(opt._global_select(scores, k, n_total))
         masks = []
         for p, s in zip(local, scores):
             keep = s > tau  # ties at the threshold are pruned, as for |w|

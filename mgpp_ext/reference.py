@@ -140,7 +140,9 @@ class ReferenceMGPP:
     in ``mgpp_ext.MGPP``. ``method`` selects the baselines of ALGORITHM.md
     section 2 on the same schedule: ``"gmp"`` (no prior) and ``"platon"``
     (no prior; the threshold is on the importance score, with
-    ``importance_betas``).
+    ``importance_betas``), and the neighbours: ``"movement"`` (no prior;
+    S -= score_lr * grad * theta before each update, the threshold the k-th
+    smallest signed S) and ``"mgpp_platon"`` (MGPP's prior, PLATON's score).
     """
 
     def __init__(self, params, prune, *, lr=5e-5, betas=(0.9, 0.98), eps=1e-6,
@@ -148,9 +150,10 @@ class ReferenceMGPP:
                  target_sparsity=0.9, initial_sparsity=0.0, initial_warmup_steps=0,
                  final_finetune_steps=0, prune_interval=100, lambda_mix=0.1,
                  sigma0_sq=1e-10, sigma1_sq=0.05, lambda_anneal=(1.0, 0.001),
-                 method="mgpp", importance_betas=(0.85, 0.95)):
-        if method not in ("mgpp", "gmp", "platon"):
-            raise ValueError(f"method must be 'mgpp', 'gmp' or 'platon', got {method!r}")
+                 method="mgpp", importance_betas=(0.85, 0.95), score_lr=1.0):
+        if method not in ("mgpp", "gmp", "platon", "movement", "mgpp_platon"):
+            raise ValueError("method must be 'mgpp', 'gmp', 'platon', 'movement' or 'mgpp_platon', "
+                             f"got {method!r}")
         self.method = method
         self.params = list(params)
         self.prune = list(prune)
@@ -174,6 +177,9 @@ class ReferenceMGPP:
         self.ipt_bar = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.ipt_unc = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.window = 0
+        # Movement: S accumulates -score_lr * grad * theta every step.
+        self.score_lr = score_lr
+        self.movement = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
 
     def is_event(self, t):
         return t == self.t_s or t == self.t_e or (self.t_s < t < self.t_e and t % self.interval == 0)
@@ -182,8 +188,8 @@ class ReferenceMGPP:
     def step(self, lr=None):
         t = self.t
         lr = self.lr if lr is None else lr
-        prior_on = t <= self.t_e and self.method == "mgpp"
-        if self.method == "platon" and t <= self.t_e:
+        prior_on = t <= self.t_e and self.method in ("mgpp", "mgpp_platon")
+        if self.method in ("platon", "mgpp_platon") and t <= self.t_e:
             self._update_importance(t)
         lam_t = lambda_annealed(t, self.t_s, self.t_e, self.lam, self.alpha_i, self.alpha_f)
         for i, p in enumerate(self.params):
@@ -193,6 +199,10 @@ class ReferenceMGPP:
             step = self.steps[i]  # AdamW's bias-correction count for this tensor
             theta = p.float()
             grad = p.grad.float()
+            if self.prune[i] and self.method == "movement" and t <= self.t_e:
+                # Before the update, with the loss gradient; each product
+                # rounded on its own.
+                self.movement[i] = self.movement[i] - torch.mul(grad * theta, self.score_lr)
             if self.prune[i] and prior_on:
                 # The prior gradient is added before the AdamW update, so it
                 # passes through Adam's normalisation.
@@ -237,8 +247,10 @@ class ReferenceMGPP:
 
     def _prune_event(self, t):
         pruned = [p for p, flag in zip(self.params, self.prune) if flag]
-        if self.method == "platon":
+        if self.method in ("platon", "mgpp_platon"):
             scores = [self.ipt_bar[i] * self.ipt_unc[i] for i, f in enumerate(self.prune) if f]
+        elif self.method == "movement":
+            scores = [self.movement[i] for i, f in enumerate(self.prune) if f]
         else:
             scores = [p.float().abs() for p in pruned]
         n_total = sum(p.numel() for p in pruned)
@@ -246,7 +258,10 @@ class ReferenceMGPP:
         k = math.floor(s_t * n_total)  # exact: s_t is a Fraction
         masks = []
         if k > 0:
-            tau = global_threshold(scores, k)
+            if self.method == "movement":  # signed: the k-th smallest S itself
+                tau = torch.kthvalue(torch.cat([sc.reshape(-1) for sc in scores]), k).values
+            else:
+                tau = global_threshold(scores, k)
             self.last_threshold = tau.item()
             for p, score in zip(pruned, scores):
                 keep = score > tau  # ties at tau are all pruned

@@ -15,12 +15,19 @@ carries the score into checkpoints; ``fp32_state_keys`` names per-param
 state kept in fp32 whatever the param dtype. ``observes_gradients`` tells
 the engine the score takes in gradients before the inf/NaN check is known,
 so that check is read at once.
+
+A score that accumulates inside the fused step (movement) says so with
+``owns_step(t)`` and makes the step's op call itself in
+``fused_step(opt, params, group, step, t, gate)``, as a regulariser that
+owns its step does; ``signed`` says its values can be negative (the event
+then ranks them with ``Events._signed_threshold``, not by |x|).
 """
 from __future__ import annotations
 
 import torch
 
-from .engine.distributed import local
+from . import score_ops
+from .engine.distributed import as_float, local
 
 
 class Magnitude:
@@ -48,6 +55,9 @@ class Magnitude:
 
     def release(self, opt):
         pass
+
+    def owns_step(self, t):
+        return False
 
 
 class PlatonImportance:
@@ -126,3 +136,73 @@ class PlatonImportance:
         for _, _, p in opt._prunable():
             for key in self.fp32_state_keys:
                 opt.state[p].pop(key, None)
+
+    def owns_step(self, t):
+        return False
+
+
+class MovementScore:
+    """Movement pruning's score (Sanh et al. 2020): S accumulates
+    ``-score_lr * grad * theta`` every step (theta the weight before the
+    update, grad the loss gradient), so weights moving away from zero gain
+    score and weights shrinking towards it lose it. The lowest S are pruned.
+
+    The accumulation rides in the fused step (``movement_step_``: one fp32
+    read and write per weight on top of AdamW, no pass of its own) up to
+    the last event; then S is freed and the mask is fixed. A step in which
+    a weight has no gradient leaves its score as it is. A constant
+    ``score_lr`` scales every score alike, so it does not change the
+    ranking; it is there to keep S in a comfortable range. State: one fp32
+    tensor per prunable weight.
+    """
+
+    name = "movement"
+    fused_histogram = False
+    observes_gradients = False  # read inside the gated step: a failed check writes nothing
+    signed = True
+    fp32_state_keys = ("movement_score",)
+
+    def __init__(self, score_lr=1.0):
+        if isinstance(score_lr, bool) or not isinstance(score_lr, (int, float)) \
+                or not (score_lr > 0 and score_lr < float("inf")):
+            raise ValueError(f"score_lr must be a finite number > 0, got {score_lr!r}")
+        self.score_lr = float(score_lr)
+
+    def hyper(self):
+        return dict(score_lr=self.score_lr)
+
+    def record(self):
+        return {}
+
+    def load_record(self, record):
+        pass
+
+    def _score(self, opt, p):
+        state = opt.state[p]
+        if "movement_score" not in state:
+            state["movement_score"] = torch.zeros_like(p, dtype=torch.float32,
+                                                       memory_format=torch.contiguous_format)
+        return state["movement_score"]
+
+    def observe(self, opt, t, event):
+        pass
+
+    def owns_step(self, t):
+        return True  # the engine asks only up to the last event
+
+    def fused_step(self, opt, ps, group, step, t, gate):
+        beta1, beta2 = group["betas"]
+        st = [opt.state[p] for p in ps]
+        score_ops.movement_step_(
+            [local(p) for p in ps], [local(p.grad) for p in ps],
+            [local(s["exp_avg"]) for s in st], [local(s["exp_avg_sq"]) for s in st],
+            [local(self._score(opt, p)) for p in ps],
+            lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
+            weight_decay=group["weight_decay"], step=step, score_lr=self.score_lr, apply_if=gate)
+
+    def tensors(self, opt):
+        return [local(self._score(opt, p)) for _, _, p in opt._prunable()]
+
+    def release(self, opt):
+        for _, _, p in opt._prunable():
+            opt.state[p].pop("movement_score", None)

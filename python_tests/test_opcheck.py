@@ -157,3 +157,13 @@ def test_srste_step(device, update_mask):
     keep = [torch.ones(x.shape, dtype=torch.bool, device=device) for x in p]
     opcheck(OPS.srste_step_, (p, g, dense, m, v, keep, 1e-2, 0.9, 0.98, 1e-6, 0.01, 3, 2e-4, 2, 4,
                               [1, 0], update_mask))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_movement_step(device, dtype):
+    if device != "cpu":
+        pytest.skip("movement_step_ has a CPU kernel only")
+    import mgpp_ext.score_ops  # noqa: F401  (registers the fake)
+    p, g, m, v = step_args(device, dtype, masks=False, hist=False)[:4]
+    scores = [torch.randn(x.shape, device=device) for x in p]
+    opcheck(OPS.movement_step_, (p, g, m, v, scores, 1e-2, 0.9, 0.98, 1e-6, 0.01, 3, 0.5))

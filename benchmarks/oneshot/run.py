@@ -44,7 +44,10 @@ PATTERNS = {"50%": (0.5, None), "2:4": (0.5, "2:4"), "4:8": (0.5, "4:8")}
 OURS = ["magnitude", "wanda", "sparsegpt", "sds_wanda", "sds_sparsegpt"]
 PEER = ["llmc_wanda", "llmc_sparsegpt"]
 PEER_PINS = ["llmcompressor==0.14.0.1", "transformers==5.17.*", "torch==2.13.0"]
-SDS_STUDY = [("none", 0.0), ("l1", 1e-3), ("decay", 1e-2), ("decay", 1e-1), ("prior", 1e-3)]
+SDS_STUDY = [("none", 0.0), ("l1", 1e-3), ("decay", 1e-2), ("decay", 1e-1), ("prior", 1e-3),
+             # The first round's l1 and decay terms (means over each tensor)
+             # moved nothing; these strengths make them matter.
+             ("l1", 1.0), ("decay", 10.0), ("decay", 100.0), ("prior", 1e-2), ("prior", 1e-1)]
 
 
 def peer_venv(path):

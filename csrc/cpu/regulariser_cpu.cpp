@@ -23,6 +23,7 @@
 #include "adamw_body.h"
 #include "cpu_utils.h"
 #include "nm_block.h"
+#include "working_copy.h"
 
 namespace mgpp_ext {
 namespace cpu {
@@ -108,37 +109,6 @@ void check_cpu_list(at::TensorList ts, const char* op, const char* name) {
     TORCH_CHECK_VALUE(ts[i].device().is_cpu(), op, ": '", reg::entry(name, i),
                       "' must be a CPU tensor, got ", ts[i].device());
   }
-}
-
-// A gate that is closed: nothing is written.
-bool gate_closed(const std::optional<at::Tensor>& apply_if, at::TensorList params,
-                 const char* op) {
-  if (params.empty()) return false;
-  return check_apply_if(apply_if, params[0].device(), op) && !apply_if->item<bool>();
-}
-
-std::vector<ContiguousInOut> working(at::TensorList ts) {
-  std::vector<ContiguousInOut> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.emplace_back(t);
-  return out;
-}
-
-std::vector<at::Tensor> contiguous(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  out.reserve(ts.size());
-  for (const auto& t : ts) out.push_back(t.contiguous());
-  return out;
-}
-
-void write_back(std::vector<ContiguousInOut>& ts) {
-  for (auto& t : ts) t.write_back();
-}
-
-std::vector<int64_t> numels_of(at::TensorList ts) {
-  std::vector<int64_t> n;
-  for (const auto& t : ts) n.push_back(t.numel());
-  return n;
 }
 
 // The n:m units of each tensor (its group dim d[i], row-major order).

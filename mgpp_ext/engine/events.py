@@ -63,6 +63,29 @@ class Events:
         return self._select.select(pieces, k, n_total, self._reduce_histogram, hist,
                                    next_k=self._next_k(n_total) if predict else None)
 
+    def _signed_threshold(self, scores, k, n_total):
+        """The exact k-th smallest of signed ``scores`` (this rank's pieces),
+        as a 0-dim fp32 tensor, from the radix select of |x|.
+
+        With n_neg scores below zero (summed over the shard group): if
+        k <= n_neg the k-th smallest is negative, and it is minus the
+        (n_total - k + 1)-th smallest of |x| over the negatives with every
+        other score put at 0 (the negatives' |x| are all > 0, and the
+        n_total - n_neg zeros come first); otherwise it is the k-th
+        smallest of max(x, 0) (the negatives and zeros then rank as ties at
+        0). Both are exact: no value is rounded on the way. One temporary
+        per tensor, like the scores' own."""
+        n_neg = torch.stack([(s < 0).sum() for s in scores]).sum()
+        for group in self._shard_groups():
+            torch.distributed.all_reduce(n_neg, group=group)
+        n_neg = int(n_neg.item())
+        if k <= n_neg:
+            keys = [torch.where(s < 0, s, torch.zeros_like(s)).abs_() for s in scores]
+            tau = ops.threshold_from_select_state(self._global_select(keys, n_total - k + 1, n_total))
+            return -tau
+        keys = [torch.where(s > 0, s, torch.zeros_like(s)) for s in scores]
+        return ops.threshold_from_select_state(self._global_select(keys, k, n_total))
+
     def _next_k(self, n_total):
         """k of the next pruning event, or 0 if there is none."""
         nxt = self.schedule.next_event(self._t)

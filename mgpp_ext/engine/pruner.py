@@ -49,6 +49,10 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         if self.method is None:
             raise TypeError(f"{type(self).__name__} must set the class attribute 'method'")
         pattern.check_target(schedule.target_sparsity)
+        if regulariser is not None and hasattr(score, "fused_step"):
+            raise TypeError(
+                f"{type(self).__name__}: the score '{score.name}' accumulates inside its own fused step, "
+                f"so it cannot be combined with the regulariser '{regulariser.name}'")
         self.schedule = schedule
         self.score = score
         self.pattern = pattern
@@ -172,9 +176,10 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
                 key = (pruned, local(p).device, p.dtype, int(state["step"].item()))
                 buckets.setdefault(key, []).append(p)
             for (pruned, dev, _, step), ps in buckets.items():
-                if pruned and not final and reg is not None and reg.owns_step(t):
-                    # The regulariser's own op over the shared AdamW body.
-                    reg.fused_step(self, ps, group, step, t, gate)
+                owner = self._step_owner(t) if pruned and not final else None
+                if owner is not None:
+                    # The regulariser's or the score's own op over the shared AdamW body.
+                    owner.fused_step(self, ps, group, step, t, gate)
                     continue
                 use_hist = pruned and want_hist
                 kw = dict(reg_kw, apply_prior=pruned and reg_kw["apply_prior"])
@@ -202,6 +207,14 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
             reg.after_step(self, t)
         self._t += 1
         return loss
+
+    def _step_owner(self, t):
+        """The part whose own op takes step t's pruned buckets, or None
+        (then ``mgpp_step_`` does)."""
+        reg = self.regulariser
+        if reg is not None and reg.owns_step(t):
+            return reg
+        return self.score if self.score.owns_step(t) else None
 
     def _regulariser_args(self, t):
         """The fused step's regulariser arguments for step t."""

@@ -3,10 +3,12 @@ of its own. A new method goes in a new file and is named once, here."""
 from .admm import ADMM
 from .gmp import GMP
 from .mgpp import MGPP
+from .mgpp_platon import MGPPPlaton
+from .movement import Movement
 from .platon import PLATON
 from .srste import SRSTE
 
 #: Every method by its checkpoint name.
-METHODS = {cls.method: cls for cls in (MGPP, GMP, PLATON, ADMM, SRSTE)}
+METHODS = {cls.method: cls for cls in (MGPP, GMP, PLATON, ADMM, SRSTE, Movement, MGPPPlaton)}
 
-__all__ = ["ADMM", "GMP", "METHODS", "MGPP", "PLATON", "SRSTE"]
+__all__ = ["ADMM", "GMP", "METHODS", "MGPP", "MGPPPlaton", "Movement", "PLATON", "SRSTE"]
