@@ -13,13 +13,27 @@ namespace cpu {
 namespace {
 
 template <typename T>
+inline uint32_t nonfinite_bit(const T& x) {
+  // inf/NaN have all exponent bits set, i.e. |x| bits >= 0x7f800000 once
+  // widened to fp32.
+  return static_cast<uint32_t>(abs_bits(static_cast<float>(x)) >= 0x7f800000u);
+}
+
+template <typename T>
 bool range_has_nonfinite(const T* x, int64_t n) {
-  // Branch-free OR over the chunk vectorises; inf/NaN have all exponent
-  // bits set, i.e. |x| bits >= 0x7f800000 once widened to fp32.
+  // Branch-free ORs vectorise. The range is read as eight interleaved
+  // streams: one stream per core left this read-only pass at about half
+  // the bandwidth the step's several streams reach (too few misses in
+  // flight); eight took a 50M-weight fp32 check from 12.0 to 8.7 ms on 2
+  // cores.
+  const int64_t q = n / 8;
   uint32_t bad = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    bad |= static_cast<uint32_t>(abs_bits(static_cast<float>(x[j])) >= 0x7f800000u);
+  for (int64_t j = 0; j < q; ++j) {
+    bad |= nonfinite_bit(x[j]) | nonfinite_bit(x[j + q]) | nonfinite_bit(x[j + 2 * q]) |
+           nonfinite_bit(x[j + 3 * q]) | nonfinite_bit(x[j + 4 * q]) | nonfinite_bit(x[j + 5 * q]) |
+           nonfinite_bit(x[j + 6 * q]) | nonfinite_bit(x[j + 7 * q]);
   }
+  for (int64_t j = 8 * q; j < n; ++j) bad |= nonfinite_bit(x[j]);
   return bad != 0;
 }
 
