@@ -79,6 +79,11 @@ NM_METHODS = ("oneshot", "gmp", "mgpp", "platon", "admm", "srste")
 ADMM = dict(rho=0.1, admm_interval=30, rho_growth=1.0)
 ADMM_RHOS = (0.01, 1.0)  # beside ADMM["rho"]
 SRSTE = dict(lambda_w=2e-4, mask_interval=1)
+# The score-based neighbours (issue: movement, MGPP + PLATON) beside the
+# grid's methods, and the length study: 90% with three times the epochs.
+SCORE_METHODS = ("movement", "mgpp_platon")
+MOVEMENT = dict(score_lr=1.0)
+LONG_EPOCHS = 3
 SENSITIVITY = ([("sigma1_sq", v) for v in (0.05, 0.2, 5.0, 20.0)]  # 1.0: the grid point
                + [("sigma0_sq", v) for v in (1e-12, 1e-8, 1e-6)]
                + [("lambda_mix", v) for v in (0.01, 0.5)])
@@ -107,6 +112,14 @@ def points(only=None, seeds=SEEDS):
                       study="nm_path") for m in ("gmp", "mgpp")]
                 + [dict(task="trec", method="admm", sparsity=0.5, pattern="2:4", seed=seeds[0],
                         admm={"rho": r}, study="admm_rho") for r in ADMM_RHOS])
+    scores = lambda seed, sparsities, task="trec": [  # noqa: E731
+        dict(task=task, method=m, sparsity=sp, seed=seed) for sp in sparsities for m in SCORE_METHODS]
+    long = lambda seed: [dict(task="trec", method=m, sparsity=0.9, seed=seed, epochs_factor=LONG_EPOCHS,  # noqa: E731
+                              study="epochs") for m in METHODS]
+    if only == "scores":
+        return (scores(seeds[0], (0.9,)) + long(seeds[0]) + scores(seeds[0], (0.8, 0.95))
+                + scores(seeds[0], (0.9,), "spam")
+                + [pt for seed in seeds[1:] for pt in scores(seed, (0.9, 0.8, 0.95)) + scores(seed, (0.9,), "spam")])
     if only == "nm":
         return [pt for seed in seeds for pt in nm(seed)[:6]] + nm_study + [
             pt for seed in seeds for pt in nm(seed)[6:]]
@@ -128,7 +141,7 @@ def points(only=None, seeds=SEEDS):
     if only == "sensitivity":  # the study alone needs only its TREC base point
         out = [p for p in out if p.get("study") or (p["method"] == "mgpp" and p["sparsity"] == 0.9)]
     if only is None:
-        out += points("nm", seeds)
+        out += points("nm", seeds) + points("scores", seeds)
     return out
 
 
@@ -141,20 +154,33 @@ def key(point):
     prior = {**(point.get("prior") or {}), **(point.get("admm") or {})}
     if point.get("path"):
         prior["path"] = point["path"]
+    if point.get("epochs_factor"):
+        prior["epochs"] = f"{point['epochs_factor']}x"
     extra = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(prior.items()))
     level = point["pattern"] if point.get("pattern") else f"{point['sparsity']:g}"
     return f"{point['task']}/{point['method']}/{level}/seed{point['seed']}" + (f"/{extra}" if extra else "")
 
 
+def train_config(point):
+    """The training configuration of a point: the task's, with the epochs
+    of the length study scaled."""
+    cfg = {**TRAIN, **TASK_TRAIN[point["task"]]}
+    if point.get("epochs_factor"):
+        cfg["epochs"] = cfg["epochs"] * point["epochs_factor"]
+    return cfg
+
+
 def settings(point):
     """Everything that determines a point's run besides its key: checked on
     resume, so a results file never mixes runs made with different settings."""
-    cfg = {**TRAIN, **TASK_TRAIN[point["task"]]}
-    if point["method"] == "mgpp":
+    cfg = train_config(point)
+    if point["method"] in ("mgpp", "mgpp_platon"):
         prior = {**MGPP_PRIOR, **(point.get("prior") or {})}
         cfg["prior"] = {k: list(v) if isinstance(v, tuple) else v for k, v in prior.items()}
-    elif point["method"] == "platon":
+    if point["method"] in ("platon", "mgpp_platon"):
         cfg["importance_betas"] = [0.85, 0.95]
+    elif point["method"] == "movement":
+        cfg["movement"] = dict(MOVEMENT)
     elif point["method"] == "admm":
         cfg["admm"] = {**ADMM, **(point.get("admm") or {})}
     elif point["method"] == "srste":
@@ -200,7 +226,7 @@ def run_point(point, device, progress=True):
     import mgpp_ext
     from mgpp_ext import data
 
-    cfg = {**TRAIN, **TASK_TRAIN[point["task"]]}
+    cfg = train_config(point)
     if point["task"] == "trec":
         examples, labels = data.load_trec("coarse")
     elif point["task"] == "movie":
@@ -240,6 +266,12 @@ def run_point(point, device, progress=True):
             opt = mgpp_ext.GMP(groups, **adam, **sched_kw)
         elif method == "platon":
             opt = mgpp_ext.PLATON(groups, **adam, **sched_kw)
+        elif method == "movement":
+            opt = mgpp_ext.Movement(groups, **adam, **sched_kw, **MOVEMENT)
+        elif method == "mgpp_platon":
+            prior = {**MGPP_PRIOR, **(point.get("prior") or {})}
+            prior["lambda_anneal"] = tuple(prior["lambda_anneal"])
+            opt = mgpp_ext.MGPPPlaton(groups, **adam, **sched_kw, num_train_examples=len(train_ex), **prior)
         elif method == "oneshot":
             # The pretrained weights pruned to n:m by |w| before training,
             # then fine-tuned with that mask fixed (the event at step 0 of
@@ -276,7 +308,7 @@ def run_point(point, device, progress=True):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["trec", "spam", "sensitivity", "nm"], default=None)
+    p.add_argument("--only", choices=["trec", "spam", "sensitivity", "nm", "scores"], default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--max-minutes", type=float, default=None,
