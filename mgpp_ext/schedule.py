@@ -192,6 +192,47 @@ class EveryStep:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FixedMaskSchedule:
+    """No pruning events: the mask is given and in force from the first
+    step (fine-tuning with a mask chosen before training, e.g. from
+    importance scores). Every step is a final-phase step."""
+
+    target_sparsity: float
+
+    def __post_init__(self):
+        if not isinstance(self.target_sparsity, (int, float)) or not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be a number in [0, 1), got {self.target_sparsity!r}")
+
+    t_s = 0
+    t_e = -1  # every step t >= 0 is after the last event: the mask is fixed
+    prune_interval = 1
+
+    def phase(self, t):
+        return "final"
+
+    def is_event(self, t):
+        return False
+
+    def next_event(self, t):
+        return None
+
+    def prior_active(self, t):
+        return False
+
+    def lambda_at(self, t):
+        return 0.0
+
+    def sparsity(self, t):
+        return float(self.target_sparsity)
+
+    def num_pruned(self, t, n):
+        return math.floor(Fraction(repr(float(self.target_sparsity))) * n)
+
+    def as_dict(self):
+        return asdict(self)
+
+
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")

@@ -1,6 +1,7 @@
 """The methods: each a small composition of the engine's parts, in a file
 of its own. A new method goes in a new file and is named once, here."""
 from .admm import ADMM
+from .fixed_mask import FixedMask
 from .gmp import GMP
 from .mgpp import MGPP
 from .mgpp_platon import MGPPPlaton
@@ -9,6 +10,6 @@ from .platon import PLATON
 from .srste import SRSTE
 
 #: Every method by its checkpoint name.
-METHODS = {cls.method: cls for cls in (MGPP, GMP, PLATON, ADMM, SRSTE, Movement, MGPPPlaton)}
+METHODS = {cls.method: cls for cls in (MGPP, GMP, PLATON, ADMM, SRSTE, Movement, MGPPPlaton, FixedMask)}
 
-__all__ = ["ADMM", "GMP", "METHODS", "MGPP", "MGPPPlaton", "Movement", "PLATON", "SRSTE"]
+__all__ = ["ADMM", "FixedMask", "GMP", "METHODS", "MGPP", "MGPPPlaton", "Movement", "PLATON", "SRSTE"]
