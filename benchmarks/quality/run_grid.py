@@ -84,6 +84,17 @@ SRSTE = dict(lambda_w=2e-4, mask_interval=1)
 SCORE_METHODS = ("movement", "mgpp_platon")
 MOVEMENT = dict(score_lr=1.0)
 LONG_EPOCHS = 3
+# One-shot importance scores, then fine-tuning with the fixed mask
+# (DeepCuts and its baselines) at 2x, 3x and 4x compression. "rewind" is
+# the authors' pipeline: fine-tune dense, score, prune, rewind to the
+# pretrained weights (and the same head init), retrain with the mask;
+# "plain" scores the pretrained model itself. Scores are taken over the
+# first CALIBRATION_BATCHES training batches.
+IMPORTANCE_METHODS = ("cam_cut", "smooth_cut", "taylor", "magnitude")
+IMPORTANCE_SPARSITIES = (0.5, 0.67, 0.75)
+CALIBRATION_BATCHES = 32
+SMOOTH_CUT = dict(passes=10, noise_std=1e-3)
+CACHE = Path(os.environ.get("MGPP_CACHE", Path.home() / ".cache" / "mgpp_ext")) / "grid"
 SENSITIVITY = ([("sigma1_sq", v) for v in (0.05, 0.2, 5.0, 20.0)]  # 1.0: the grid point
                + [("sigma0_sq", v) for v in (1e-12, 1e-8, 1e-6)]
                + [("lambda_mix", v) for v in (0.01, 0.5)])
@@ -116,6 +127,12 @@ def points(only=None, seeds=SEEDS):
         dict(task=task, method=m, sparsity=sp, seed=seed) for sp in sparsities for m in SCORE_METHODS]
     long = lambda seed: [dict(task="trec", method=m, sparsity=0.9, seed=seed, epochs_factor=LONG_EPOCHS,  # noqa: E731
                               study="epochs") for m in METHODS]
+    imp = lambda seed, task="trec", sparsities=IMPORTANCE_SPARSITIES, **kw: [  # noqa: E731
+        dict(task=task, method=m, sparsity=sp, seed=seed, **kw) for sp in sparsities for m in IMPORTANCE_METHODS]
+    if only == "importance":
+        return (imp(seeds[0]) + imp(seeds[0], pipeline="plain", sparsities=(0.75,))
+                + imp(seeds[0], scope="layer", sparsities=(0.75,)) + imp(seeds[0], "spam", sparsities=(0.75,))
+                + [pt for seed in seeds[1:] for pt in imp(seed) + imp(seed, "spam", sparsities=(0.75,))])
     if only == "scores":
         return (scores(seeds[0], (0.9,)) + long(seeds[0]) + scores(seeds[0], (0.8, 0.95))
                 + scores(seeds[0], (0.9,), "spam")
@@ -141,7 +158,7 @@ def points(only=None, seeds=SEEDS):
     if only == "sensitivity":  # the study alone needs only its TREC base point
         out = [p for p in out if p.get("study") or (p["method"] == "mgpp" and p["sparsity"] == 0.9)]
     if only is None:
-        out += points("nm", seeds) + points("scores", seeds)
+        out += points("nm", seeds) + points("scores", seeds) + points("importance", seeds)
     return out
 
 
@@ -156,6 +173,9 @@ def key(point):
         prior["path"] = point["path"]
     if point.get("epochs_factor"):
         prior["epochs"] = f"{point['epochs_factor']}x"
+    for name in ("pipeline", "scope"):
+        if point.get(name):
+            prior[name] = point[name]
     extra = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(prior.items()))
     level = point["pattern"] if point.get("pattern") else f"{point['sparsity']:g}"
     return f"{point['task']}/{point['method']}/{level}/seed{point['seed']}" + (f"/{extra}" if extra else "")
@@ -181,6 +201,11 @@ def settings(point):
         cfg["importance_betas"] = [0.85, 0.95]
     elif point["method"] == "movement":
         cfg["movement"] = dict(MOVEMENT)
+    elif point["method"] in IMPORTANCE_METHODS:
+        cfg["importance"] = dict(pipeline=point.get("pipeline", "rewind"), scope=point.get("scope", "global"),
+                                 calibration_batches=CALIBRATION_BATCHES)
+        if point["method"] == "smooth_cut":
+            cfg["importance"].update(SMOOTH_CUT)
     elif point["method"] == "admm":
         cfg["admm"] = {**ADMM, **(point.get("admm") or {})}
     elif point["method"] == "srste":
@@ -220,6 +245,71 @@ def f1_spam(model, dataset, data, device, batch_size=128):
     fp = int(((pred == 1) & (labels == 0)).sum())
     fn = int(((pred == 0) & (labels == 1)).sum())
     return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+def calibration_batches(train_ds, data, seed, device):
+    """The first CALIBRATION_BATCHES training batches of a seeded order."""
+    ids, mask, labels = train_ds.tensors
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    perm = torch.randperm(len(labels), generator=gen)
+    out = []
+    for i in range(CALIBRATION_BATCHES):
+        idx = perm[i * TRAIN["batch_size"]:(i + 1) * TRAIN["batch_size"]]
+        if len(idx) == 0:
+            break
+        b_ids, b_mask = data.trim_padding(ids[idx], mask[idx])
+        out.append((b_ids.to(device), b_mask.to(device), labels[idx].to(device)))
+    return out
+
+
+def dense_finetuned(point, model, train_ds, val_ds, cfg, adam, total, steps_per_epoch, data, device, progress):
+    """The state dict of the dense fine-tune of ``model`` for the point's
+    task and seed (the grid's dense run), trained once and cached."""
+    import copy
+
+    path = CACHE / f"{point['task']}_seed{point['seed']}_dense.pt"
+    if path.exists():
+        return torch.load(path, map_location=device)
+    dense = copy.deepcopy(model)
+    opt = ft.make_adamw([p for p in dense.parameters() if p.requires_grad], adam)
+    scheduler = ft.linear_schedule(opt, int(round(cfg["lr_warmup"] * total)), total)
+    args = argparse.Namespace(seed=point["seed"], batch_size=cfg["batch_size"], eval_every=0,
+                              no_progress=not progress, no_bucket=False)
+    ft.train(dense, opt, scheduler, train_ds, val_ds, args, data, device,
+             desc=f"{point['task']}/dense/seed{point['seed']} (for rewinding)",
+             steps_per_epoch=steps_per_epoch, total_steps=total, pruning=False)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    state = dense.state_dict()
+    torch.save(state, path)
+    return state
+
+
+def importance_masks(point, model, groups, train_ds, val_ds, cfg, adam, total, steps_per_epoch, data, device,
+                     progress):
+    """Score (on the dense fine-tune for "rewind", on the pretrained model
+    for "plain"), and the masks at the point's sparsity and scope."""
+    import copy
+
+    from mgpp_ext import importance
+
+    scorer = copy.deepcopy(model)
+    if point.get("pipeline", "rewind") == "rewind":
+        scorer.load_state_dict(dense_finetuned(point, model, train_ds, val_ds, cfg, adam, total, steps_per_epoch,
+                                               data, device, progress))
+    names = groups[0]["param_names"]
+    named = dict(scorer.named_parameters())
+    params = [named[n] for n in names]
+    method = point["method"]
+    if method == "magnitude":
+        scores = importance.magnitude(params)
+    else:
+        batches = calibration_batches(train_ds, data, point["seed"], device)
+
+        def loss_fn(m, b):
+            return m(input_ids=b[0], attention_mask=b[1], labels=b[2]).loss
+        kw = dict(SMOOTH_CUT, seed=point["seed"]) if method == "smooth_cut" else {}
+        scores = importance.SCORES[method](scorer, params, batches, loss_fn, **kw)
+    return importance.masks_from_scores(scores, point["sparsity"], scope=point.get("scope", "global"))
 
 
 def run_point(point, device, progress=True):
@@ -268,6 +358,10 @@ def run_point(point, device, progress=True):
             opt = mgpp_ext.PLATON(groups, **adam, **sched_kw)
         elif method == "movement":
             opt = mgpp_ext.Movement(groups, **adam, **sched_kw, **MOVEMENT)
+        elif method in IMPORTANCE_METHODS:
+            masks = importance_masks(point, model, groups, train_ds, val_ds, cfg, adam, total, steps_per_epoch,
+                                     data, device, progress)
+            opt = mgpp_ext.FixedMask(groups, masks, **adam)
         elif method == "mgpp_platon":
             prior = {**MGPP_PRIOR, **(point.get("prior") or {})}
             prior["lambda_anneal"] = tuple(prior["lambda_anneal"])
@@ -308,7 +402,7 @@ def run_point(point, device, progress=True):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["trec", "spam", "sensitivity", "nm", "scores"], default=None)
+    p.add_argument("--only", choices=["trec", "spam", "sensitivity", "nm", "scores", "importance"], default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--max-minutes", type=float, default=None,
