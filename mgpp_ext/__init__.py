@@ -12,10 +12,10 @@ from .nm import nm_mask, nm_prune_
 from .patterns import GlobalPattern, NMPattern, RowPattern, TensorPattern
 from .rows import row_keep_mask
 from .engine import PruningOptimizer
-from .methods import ADMM, GMP, METHODS, MGPP, PLATON, SRSTE, FixedMask, MGPPPlaton, Movement
+from .methods import ADMM, AdaptByPruning, GMP, METHODS, MGPP, PLATON, SRSTE, FixedMask, MGPPPlaton, Movement
 from .schedule import Schedule
 from .selection import prunable_param_groups
 
-__all__ = ["ADMM", "FixedMask", "GMP", "GlobalPattern", "METHODS", "MGPP", "MGPPPlaton", "Movement", "NMPattern", "PLATON", "PruningOptimizer", "SRSTE",
+__all__ = ["ADMM", "AdaptByPruning", "FixedMask", "GMP", "GlobalPattern", "METHODS", "MGPP", "MGPPPlaton", "Movement", "NMPattern", "PLATON", "PruningOptimizer", "SRSTE",
            "RowPattern", "TensorPattern", "nm_mask", "nm_prune_", "row_keep_mask", "Schedule", "export", "ops", "prunable_param_groups", "sparsity_report"]
 __version__ = "0.1.0"
