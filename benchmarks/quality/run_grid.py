@@ -25,6 +25,19 @@ the batch order):
   the default, and ``project``) for GMP and MGPP at 2:4, seed 0, on
   VALIDATION accuracy (how the default was chosen); ``admm_rho``: ADMM's
   rho at 2:4, seed 0, on validation.
+- ``scores``: Movement and MGPP+PLATON at 80%, 90% and 95% on TREC-6 and at
+  90% on SMS spam; ``epochs``: GMP, PLATON and MGPP at 90% with three times
+  the epochs (does the length of training explain PLATON's lead?).
+- ``importance``: one-shot scores then fine-tuning with the fixed mask
+  (``FixedMask``) at 50%, 67% and 75%: Cam-Cut, Smooth-Cut, Taylor and
+  magnitude, in DeepCuts' pipeline (dense fine-tune, score, prune, rewind
+  to the pretrained weights, retrain; the dense fine-tune is cached per task
+  and seed under ``$MGPP_CACHE/grid``) with one global threshold, and at
+  75% also scored on the pretrained model (``pipeline=plain``) and with
+  per-layer thresholds (``scope=layer``).
+- ``adapt``: adapting by pruning (``AdaptByPruning``: the encoder frozen,
+  a mask over its weights and the head learned) at 30%, 50% and 70%, beside
+  the dense fine-tune; hard-concrete beside straight-through top-k at 50%.
 
 All methods share the schedule (warm-up 1 epoch, events every 10 steps, a
 fixed mask for the last 1.5 epochs), the learning rate and its schedule, the
@@ -37,6 +50,7 @@ filled in parts (``--max-minutes``) and rerun after an interruption::
 
     python benchmarks/quality/run_grid.py                       # everything
     python benchmarks/quality/run_grid.py --only trec --max-minutes 60
+    python benchmarks/quality/run_grid.py --only scores adapt importance   # interleaved
     python benchmarks/quality/report.py                         # table + plot
 """
 from __future__ import annotations
@@ -94,6 +108,12 @@ IMPORTANCE_METHODS = ("cam_cut", "smooth_cut", "taylor", "magnitude")
 IMPORTANCE_SPARSITIES = (0.5, 0.67, 0.75)
 CALIBRATION_BATCHES = 32
 SMOOTH_CUT = dict(passes=10, noise_std=1e-3)
+# Adapting by pruning: the encoder frozen, a mask learned over its weights
+# and the new head trained (at 10x the grid's lr: it is the only dense
+# part); 30/50/70% against the dense fine-tune; hard-concrete beside the
+# straight-through top-k at 50%.
+ABP = dict(score_lr=1e-2, head_lr_factor=10.0, mask_interval=10)
+ABP_SPARSITIES = (0.3, 0.5, 0.7)
 CACHE = Path(os.environ.get("MGPP_CACHE", Path.home() / ".cache" / "mgpp_ext")) / "grid"
 SENSITIVITY = ([("sigma1_sq", v) for v in (0.05, 0.2, 5.0, 20.0)]  # 1.0: the grid point
                + [("sigma0_sq", v) for v in (1e-12, 1e-8, 1e-6)]
@@ -129,6 +149,12 @@ def points(only=None, seeds=SEEDS):
                               study="epochs") for m in METHODS]
     imp = lambda seed, task="trec", sparsities=IMPORTANCE_SPARSITIES, **kw: [  # noqa: E731
         dict(task=task, method=m, sparsity=sp, seed=seed, **kw) for sp in sparsities for m in IMPORTANCE_METHODS]
+    abp = lambda seed, task="trec", sparsities=ABP_SPARSITIES, **kw: [  # noqa: E731
+        dict(task=task, method="adapt_by_pruning", sparsity=sp, seed=seed, **kw) for sp in sparsities]
+    if only == "adapt":
+        return (abp(seeds[0]) + abp(seeds[0], sparsities=(0.5,), relaxation="hard_concrete")
+                + abp(seeds[0], "spam", sparsities=(0.5,))
+                + [pt for seed in seeds[1:] for pt in abp(seed) + abp(seed, "spam", sparsities=(0.5,))])
     if only == "importance":
         return (imp(seeds[0]) + imp(seeds[0], pipeline="plain", sparsities=(0.75,))
                 + imp(seeds[0], scope="layer", sparsities=(0.75,)) + imp(seeds[0], "spam", sparsities=(0.75,))
@@ -158,7 +184,18 @@ def points(only=None, seeds=SEEDS):
     if only == "sensitivity":  # the study alone needs only its TREC base point
         out = [p for p in out if p.get("study") or (p["method"] == "mgpp" and p["sparsity"] == 0.9)]
     if only is None:
-        out += points("nm", seeds) + points("scores", seeds) + points("importance", seeds)
+        out += points("nm", seeds) + points("scores", seeds) + points("importance", seeds) + points("adapt", seeds)
+    return out
+
+
+def interleave(lists):
+    """One item of each list in turn, duplicates (by key) dropped."""
+    out, seen = [], set()
+    for i in range(max(len(x) for x in lists)):
+        for x in lists:
+            if i < len(x) and key(x[i]) not in seen:
+                seen.add(key(x[i]))
+                out.append(x[i])
     return out
 
 
@@ -173,7 +210,7 @@ def key(point):
         prior["path"] = point["path"]
     if point.get("epochs_factor"):
         prior["epochs"] = f"{point['epochs_factor']}x"
-    for name in ("pipeline", "scope"):
+    for name in ("pipeline", "scope", "relaxation"):
         if point.get(name):
             prior[name] = point[name]
     extra = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(prior.items()))
@@ -201,6 +238,8 @@ def settings(point):
         cfg["importance_betas"] = [0.85, 0.95]
     elif point["method"] == "movement":
         cfg["movement"] = dict(MOVEMENT)
+    elif point["method"] == "adapt_by_pruning":
+        cfg["adapt"] = dict(ABP, relaxation=point.get("relaxation", "topk"))
     elif point["method"] in IMPORTANCE_METHODS:
         cfg["importance"] = dict(pipeline=point.get("pipeline", "rewind"), scope=point.get("scope", "global"),
                                  calibration_batches=CALIBRATION_BATCHES)
@@ -358,6 +397,19 @@ def run_point(point, device, progress=True):
             opt = mgpp_ext.PLATON(groups, **adam, **sched_kw)
         elif method == "movement":
             opt = mgpp_ext.Movement(groups, **adam, **sched_kw, **MOVEMENT)
+        elif method == "adapt_by_pruning":
+            head = list(model.classifier.parameters())
+            weights = groups[0]["params"]
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in head:
+                p.requires_grad_(True)
+            opt = mgpp_ext.AdaptByPruning(
+                model, weights, head, target_sparsity=point["sparsity"], total_steps=total,
+                relaxation=point.get("relaxation", "topk"), score_lr=ABP["score_lr"],
+                lr=adam["lr"] * ABP["head_lr_factor"], betas=adam["betas"], eps=adam["eps"],
+                weight_decay=adam["weight_decay"], final_finetune_steps=sched_kw["final_finetune_steps"],
+                mask_interval=ABP["mask_interval"], seed=point["seed"])
         elif method in IMPORTANCE_METHODS:
             masks = importance_masks(point, model, groups, train_ds, val_ds, cfg, adam, total, steps_per_epoch,
                                      data, device, progress)
@@ -402,7 +454,9 @@ def run_point(point, device, progress=True):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["trec", "spam", "sensitivity", "nm", "scores", "importance"], default=None)
+    p.add_argument("--only", nargs="+", choices=["trec", "spam", "sensitivity", "nm", "scores", "importance", "adapt"],
+                   default=None, help="these parts of the grid only; several are interleaved, one point of each "
+                                      "in turn, so that all of them fill from their most informative points")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--max-minutes", type=float, default=None,
@@ -425,7 +479,8 @@ def main(argv=None):
         raise SystemExit(f"{args.results} holds {len(stale)} runs made with other settings than "
                          f"this script's (first: {stale[0]}); use another --results file")
     done = {r["key"] for r in runs}
-    todo = [pt for pt in points(args.only, args.seeds) if key(pt) not in done]
+    todo = [pt for pt in interleave([points(part, args.seeds) for part in (args.only or [None])])
+            if key(pt) not in done]
     print(f"{len(done)} points in {args.results}, {len(todo)} to run on {args.device}")
     start = time.time()
     for i, pt in enumerate(todo):

@@ -278,9 +278,13 @@ class AdaptByPruning(torch.optim.Optimizer):
         return self._final_masks is not None
 
     def sparsity(self):
-        """Fraction of masked-out weights (of the current mask)."""
+        """Fraction of masked-out weights of the current mask, as
+        ``PruningOptimizer.sparsity``: ``{"overall", "per_tensor"}`` (tensors
+        named by their index)."""
         masks = self.masks()
-        return 1.0 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+        per = {f"weights[{i}]": 1.0 - int(m.sum()) / m.numel() for i, m in enumerate(masks)}
+        overall = 1.0 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+        return {"overall": overall, "per_tensor": per}
 
     # -- checkpoints -------------------------------------------------------------
     def _hyper(self):
