@@ -2,7 +2,8 @@
 
 ``movement_step_`` is AdamW with movement pruning's score riding in the
 same pass (schema in ``csrc/score_ops.cpp``, CPU kernel in
-``csrc/cpu/score_cpu.cpp``): the score costs one fp32 read and write per
+``csrc/cpu/score_cpu.cpp``, CUDA kernel beside the regularisers' in
+``csrc/cuda/regulariser_kernel.cu``): the score costs one fp32 read and write per
 weight on top of the step, and no pass of its own.
 ``mgpp_ext.reference.ReferenceMGPP(method="movement")`` is the plain-PyTorch
 specification the kernel is tested against.

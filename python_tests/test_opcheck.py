@@ -161,8 +161,6 @@ def test_srste_step(device, update_mask):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_movement_step(device, dtype):
-    if device != "cpu":
-        pytest.skip("movement_step_ has a CPU kernel only")
     import mgpp_ext.score_ops  # noqa: F401  (registers the fake)
     p, g, m, v = step_args(device, dtype, masks=False, hist=False)[:4]
     scores = [torch.randn(x.shape, device=device) for x in p]

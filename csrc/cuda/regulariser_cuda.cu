@@ -1,4 +1,4 @@
-// CUDA binding of the ADMM and SR-STE ops: the argument checks shared with
+// CUDA binding of the ADMM, SR-STE and movement ops: the argument checks shared with
 // the CPU kernels (regulariser_checks.h), contiguous working copies, the
 // kernel structs, and registration with the dispatcher. The kernels are in
 // the torch-free regulariser_kernel.cu.
@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 #include <vector>
 
@@ -287,7 +288,57 @@ void srste_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
 }  // namespace
 }  // namespace mgpp_ext
 
+namespace mgpp_ext {
+namespace {
+
+void movement_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                        at::TensorList exp_avg_sqs, at::TensorList scores, double lr, double beta1,
+                        double beta2, double eps, double weight_decay, int64_t step,
+                        double score_lr, const std::optional<at::Tensor>& apply_if) {
+  const char* op = "movement_step_";
+  if (params.empty()) return;
+  const at::Device device = check_adamw_lists(params, grads, exp_avgs, exp_avg_sqs, op);
+  TORCH_CHECK_VALUE(scores.size() == params.size(), op, ": 'scores' must have one tensor per param (",
+                    params.size(), "), got ", scores.size());
+  for (size_t i = 0; i < scores.size(); ++i) {
+    TORCH_CHECK_VALUE(scores[i].device() == device, op, ": 'scores[", i, "]' must be on ", device,
+                      ", got ", scores[i].device());
+    TORCH_CHECK_VALUE(scores[i].scalar_type() == at::kFloat, op, ": 'scores[", i,
+                      "]' must be float32, got ", scores[i].scalar_type());
+    TORCH_CHECK_VALUE(scores[i].sizes() == params[i].sizes(), op, ": 'scores[", i, "]' has shape ",
+                      scores[i].sizes(), ", its param ", params[i].sizes());
+  }
+  check_adamw_hyper(lr, beta1, beta2, eps, step, op);
+  TORCH_CHECK_VALUE(std::isfinite(score_lr) && score_lr > 0, op,
+                    ": 'score_lr' must be a finite number > 0, got ", score_lr);
+  const c10::cuda::CUDAGuard guard(device);
+  const bool* gate = check_apply_if(apply_if, device, op) ? apply_if->data_ptr<bool>() : nullptr;
+  const ck::StepScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, step, gate);
+  auto p = working(params), m = working(exp_avgs), v = working(exp_avg_sqs), sw = working(scores);
+  const auto pt = kernel_dtype(params[0].scalar_type()), st = kernel_dtype(exp_avgs[0].scalar_type());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor g = grads[i].contiguous();
+    ck::RegTensor t;
+    t.numel = params[i].numel();
+    t.param = p[i].work.data_ptr();
+    t.grad = g.const_data_ptr();
+    t.exp_avg = m[i].work.data_ptr();
+    t.exp_avg_sq = v[i].work.data_ptr();
+    t.score = sw[i].work.data_ptr<float>();
+    check_launch(ck::launch_movement_step(t, pt, st, sc, static_cast<float>(score_lr), current_stream()),
+                 op);
+  }
+  write_back(p);
+  write_back(m);
+  write_back(v);
+  write_back(sw);
+}
+
+}  // namespace
+}  // namespace mgpp_ext
+
 TORCH_LIBRARY_IMPL(mgpp_ext, CUDA, m) {
+  m.impl("movement_step_", &mgpp_ext::movement_step_cuda);
   m.impl("admm_step_", &mgpp_ext::admm_step_cuda);
   m.impl("admm_combine_", &mgpp_ext::admm_combine_cuda);
   m.impl("admm_project_", &mgpp_ext::admm_project_cuda);

@@ -63,6 +63,27 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// S <- S - score_lr (g W) with W before the update (each product rounded
+// on its own, as the CPU kernel and the reference), then AdamW on g.
+template <class P, class S>
+__global__ void __launch_bounds__(kThreads)
+    movement_step_kernel(RegTensor t, StepScalars s, float score_lr) {
+  if (gate_closed(s)) return;
+  P* p = static_cast<P*>(t.param);
+  const P* g = static_cast<const P*>(t.grad);
+  S* m = static_cast<S*>(t.exp_avg);
+  S* v = static_cast<S*>(t.exp_avg_sq);
+  for (int64_t i = first_index(); i < t.numel; i += grid_stride()) {
+    float pf = widen(p[i]), mf = widen(m[i]), vf = widen(v[i]);
+    const float gf = widen(g[i]);
+    t.score[i] = __fsub_rn(t.score[i], __fmul_rn(score_lr, __fmul_rn(gf, pf)));
+    adamw_rn(pf, gf, mf, vf, s);
+    p[i] = narrow<P>(pf);
+    m[i] = narrow<S>(mf);
+    v[i] = narrow<S>(vf);
+  }
+}
+
 template <class P>
 __global__ void __launch_bounds__(kThreads) admm_combine_kernel(RegTensor t) {
   const P* w = static_cast<const P*>(t.param);
@@ -219,6 +240,17 @@ cudaError_t launch_admm_step(const RegTensor& t, DType p, DType s, const StepSca
     using P = decltype(p_tag);
     using S = decltype(s_tag);
     admm_step_kernel<P, S><<<grid_for(t.numel), kThreads, 0, stream>>>(t, sc, rho);
+  });
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+cudaError_t launch_movement_step(const RegTensor& t, DType p, DType s, const StepScalars& sc,
+                                 float score_lr, cudaStream_t stream) {
+  if (t.numel == 0) return cudaSuccess;
+  const bool ok = dispatch_pair(p, s, [&](auto p_tag, auto s_tag) {
+    using P = decltype(p_tag);
+    using S = decltype(s_tag);
+    movement_step_kernel<P, S><<<grid_for(t.numel), kThreads, 0, stream>>>(t, sc, score_lr);
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }

@@ -1,4 +1,4 @@
-// Launchers of the ADMM and SR-STE kernels (schemas in
+// Launchers of the ADMM, SR-STE and movement kernels (schemas in
 // csrc/regulariser_ops.cpp; CPU kernels in csrc/cpu/regulariser_cpu.cpp).
 //
 // Why a torch-free header: the kernels compile with plain nvcc (no torch
@@ -28,6 +28,7 @@ struct RegTensor {
   uint8_t* dual_mask = nullptr; // ADMM: M, ceil(numel / 8) bytes, bit j of byte i = element 8 i + j
   void* dense = nullptr;        // SR-STE: the dense W (P)
   bool* mask = nullptr;         // SR-STE: M
+  float* score = nullptr;       // movement: S (fp32)
   int64_t outer = 1, size = 1, inner = 1;
 };
 
@@ -49,5 +50,10 @@ cudaError_t launch_admm_threshold_mask(const RegTensor& t, const int64_t* select
 cudaError_t launch_srste_step(const RegTensor& t, DType p, DType s, const StepScalars& sc,
                               float lambda_w, int n, int m, bool update_mask,
                               cudaStream_t stream);
+
+// Movement's step (schema in csrc/score_ops.cpp): S <- S - score_lr (g W),
+// then AdamW on g; sc.apply_if gates both.
+cudaError_t launch_movement_step(const RegTensor& t, DType p, DType s, const StepScalars& sc,
+                                 float score_lr, cudaStream_t stream);
 
 }  // namespace mgpp_ext::cuda_kernels
