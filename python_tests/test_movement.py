@@ -231,6 +231,8 @@ def test_bad_arguments_refused_by_name():
             Movement(w, total_steps=10, score_lr=bad)
     with pytest.raises(ValueError, match="pattern"):
         Movement(w, total_steps=10, pattern="2:4")
+    with pytest.raises(ValueError, match="pattern"):
+        Movement(w, total_steps=10, pattern="columns")
     with pytest.raises(ValueError, match="importance_betas"):
         MGPPPlaton(w, total_steps=10, num_train_examples=10, importance_betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="sigma0_sq"):
@@ -259,3 +261,28 @@ def test_checkpoints_of_other_methods_refused():
         MGPPPlaton(ps, total_steps=10, num_train_examples=5).load_state_dict(PLATON(ps, total_steps=10).state_dict())
     with pytest.raises(ValueError, match="score_lr"):
         Movement(ps, total_steps=10, score_lr=2.0).load_state_dict(Movement(ps, total_steps=10).state_dict())
+
+
+@pytest.mark.parametrize("pattern", ["tensor", "row"])
+def test_movement_tensor_and_row_patterns_rank_signed_scores(pattern):
+    """Each tensor (row) drops exactly its own floor(s_t N) lowest signed
+    scores, the most negative first."""
+    g = torch.Generator().manual_seed(6)
+    ws = [torch.randn(6, 10, generator=g), torch.randn(4, 20, generator=g)]
+    opt = Movement(ws, lr=1e-3, total_steps=8, initial_warmup_steps=3, final_finetune_steps=2, prune_interval=1,
+                   initial_sparsity=0.5, target_sparsity=0.5, pattern=pattern)
+    for t in range(4):
+        for w in ws:
+            w.grad = torch.randn(w.shape, generator=g)
+        before = opt.scores() if t == 3 else None
+        opt.step()
+    # the event at t = 3 ranked the scores after step 3's accumulation
+    after = opt.scores()
+    for w, s in zip(ws, after):
+        rows = s.reshape(1, -1) if pattern == "tensor" else s
+        wr = w.reshape(1, -1) if pattern == "tensor" else w
+        for srow, wrow in zip(rows, wr):
+            k = srow.numel() // 2
+            dropped = torch.argsort(srow)[:k]
+            assert (wrow[dropped] == 0).all() and int((wrow == 0).sum()) == k
+    assert before is not None

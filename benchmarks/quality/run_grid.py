@@ -26,7 +26,9 @@ the batch order):
   VALIDATION accuracy (how the default was chosen); ``admm_rho``: ADMM's
   rho at 2:4, seed 0, on validation.
 - ``scores``: Movement and MGPP+PLATON at 80%, 90% and 95% on TREC-6 and at
-  90% on SMS spam; ``epochs``: GMP, PLATON and MGPP at 90% with three times
+  90% on SMS spam (``movement_scope``: Movement at 90% with each tensor its
+  own share, the per-matrix top-k of Sanh et al.'s code, beside the global
+  threshold); ``epochs``: GMP, PLATON and MGPP at 90% with three times
   the epochs (does the length of training explain PLATON's lead?).
 - ``importance``: one-shot scores then fine-tuning with the fixed mask
   (``FixedMask``) at 50%, 67% and 75%: Cam-Cut, Smooth-Cut, Taylor and
@@ -160,7 +162,9 @@ def points(only=None, seeds=SEEDS):
                 + imp(seeds[0], scope="layer", sparsities=(0.75,)) + imp(seeds[0], "spam", sparsities=(0.75,))
                 + [pt for seed in seeds[1:] for pt in imp(seed) + imp(seed, "spam", sparsities=(0.75,))])
     if only == "scores":
-        return (scores(seeds[0], (0.9,)) + long(seeds[0]) + scores(seeds[0], (0.8, 0.95))
+        return (scores(seeds[0], (0.9,)) + [dict(task="trec", method="movement", sparsity=0.9, seed=seeds[0],
+                                                 scope="tensor", study="movement_scope")]
+                + long(seeds[0]) + scores(seeds[0], (0.8, 0.95))
                 + scores(seeds[0], (0.9,), "spam")
                 + [pt for seed in seeds[1:] for pt in scores(seed, (0.9, 0.8, 0.95)) + scores(seed, (0.9,), "spam")])
     if only == "nm":
@@ -237,7 +241,7 @@ def settings(point):
     if point["method"] in ("platon", "mgpp_platon"):
         cfg["importance_betas"] = [0.85, 0.95]
     elif point["method"] == "movement":
-        cfg["movement"] = dict(MOVEMENT)
+        cfg["movement"] = dict(MOVEMENT, **({"pattern": point["scope"]} if point.get("scope") else {}))
     elif point["method"] == "adapt_by_pruning":
         cfg["adapt"] = dict(ABP, relaxation=point.get("relaxation", "topk"))
     elif point["method"] in IMPORTANCE_METHODS:
@@ -396,7 +400,7 @@ def run_point(point, device, progress=True):
         elif method == "platon":
             opt = mgpp_ext.PLATON(groups, **adam, **sched_kw)
         elif method == "movement":
-            opt = mgpp_ext.Movement(groups, **adam, **sched_kw, **MOVEMENT)
+            opt = mgpp_ext.Movement(groups, **adam, **sched_kw, **MOVEMENT, pattern=point.get("scope"))
         elif method == "adapt_by_pruning":
             head = list(model.classifier.parameters())
             weights = groups[0]["params"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..engine import PruningOptimizer
 from ..engine.validation import check_adamw, check_on_nonfinite
-from ..patterns import GlobalPattern
+from ..patterns import GlobalPattern, parse
 from ..schedule import Schedule
 from ..scores import MovementScore
 
@@ -31,8 +31,10 @@ class Movement(PruningOptimizer):
 
     Args: as ``GMP``, plus ``score_lr`` (the score's step size; a constant
     scales every score alike, so it does not change the ranking).
-    ``pattern`` must be None (global): the score is signed, and the other
-    patterns rank by magnitude. Memory: one fp32 tensor per prunable weight
+    ``pattern``: None (one exact global threshold over the signed scores);
+    ``"tensor"``: every tensor drops its own floor(s_t N_i) lowest scores
+    (the per-matrix top-k of Sanh et al.'s code); ``"row"``: every output
+    row its own share. (n:m is not offered: its selection ranks magnitudes.) Memory: one fp32 tensor per prunable weight
     on top of AdamW's state, up to the last event.
     """
 
@@ -45,16 +47,18 @@ class Movement(PruningOptimizer):
         score = MovementScore(score_lr)
         check_adamw(lr, betas, eps, weight_decay)
         check_on_nonfinite(on_nonfinite)
-        if pattern not in (None, "global"):
+        if pattern not in (None, "global", "tensor", "row"):
             raise ValueError(
-                f"Movement: pattern must be None (one global threshold over the signed scores), got {pattern!r}")
+                "Movement: pattern must be None or 'global' (one exact global threshold over the signed scores), "
+                f"'tensor' or 'row' (each tensor or row its own share), got {pattern!r}")
         schedule = Schedule(
             total_steps=total_steps, initial_warmup_steps=initial_warmup_steps,
             final_finetune_steps=final_finetune_steps, prune_interval=prune_interval,
             initial_sparsity=initial_sparsity, target_sparsity=target_sparsity,
             lambda_anneal=(1.0, 1.0))
         super().__init__(params, lr, betas, eps, weight_decay, schedule=schedule, score=score,
-                         pattern=GlobalPattern(), regulariser=None, on_nonfinite=on_nonfinite)
+                         pattern=GlobalPattern() if pattern in (None, "global") else parse(pattern),
+                         regulariser=None, on_nonfinite=on_nonfinite)
 
     @property
     def score_lr(self):
