@@ -160,9 +160,10 @@ class AuthorsEventStep:
     def step(self, prune=True):
         lam = self.schedule.lambda_at(self.t)
         for p in self.params:
-            # In the parameter's dtype, as the authors' code (p.grad.sub_(p.mul(...))).
-            p.grad.add_(prior_gradient(p, PRIOR["num_train_examples"], lam,
-                                       PRIOR["sigma0_sq"], PRIOR["sigma1_sq"]))
+            # Added in the parameter's dtype, as the authors' code (p.grad.sub_(p.mul(...)));
+            # computed in fp32 (the reference's exp is an fp32 one).
+            p.grad.add_(prior_gradient(p.float(), PRIOR["num_train_examples"], lam,
+                                       PRIOR["sigma0_sq"], PRIOR["sigma1_sq"]).to(p.dtype))
         self.opt.step()
         if not prune:
             self.t += 1
