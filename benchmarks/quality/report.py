@@ -17,7 +17,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 METHOD_NAMES = {"dense": "dense AdamW", "gmp": "GMP", "platon": "PLATON", "mgpp": "MGPP",
-                "admm": "ADMM", "srste": "SR-STE", "oneshot": "one-shot n:m magnitude + fine-tune"}
+                "admm": "ADMM", "srste": "SR-STE", "oneshot": "one-shot n:m magnitude + fine-tune",
+                "movement": "Movement", "mgpp_platon": "MGPP + PLATON score",
+                "cam_cut": "Cam-Cut", "smooth_cut": "Smooth-Cut", "taylor": "Taylor |W g|",
+                "magnitude": "magnitude |W|", "adapt_by_pruning": "adapting by pruning"}
+#: The methods of the main tables (gradual pruning at the grid's sparsities).
+MAIN = ("gmp", "platon", "mgpp", "admm", "movement", "mgpp_platon")
+IMPORTANCE = ("cam_cut", "smooth_cut", "taylor", "magnitude")
 
 
 def _mean_std(values):
@@ -47,7 +53,7 @@ def summarise(runs):
     """{(task, method, sparsity): [records]} of the grid (sensitivity runs apart)."""
     table = defaultdict(list)
     for r in runs:
-        if r.get("study") == "sensitivity":
+        if r.get("study") or r["method"] not in ("dense",) + MAIN:
             continue
         table[(r["task"], r["method"], r["sparsity"])].append(r)
     return table
@@ -68,7 +74,7 @@ def markdown(runs, meta):
         if ("trec", "dense", 0.0) in trec:
             dense = _cell([r["test_accuracy"] for r in trec[("trec", "dense", 0.0)]])
             lines.append(f"| dense AdamW | {dense} |" + " |" * len(sparsities))
-        for method in ("gmp", "platon", "mgpp", "admm"):
+        for method in MAIN:
             if not any(k[1] == method for k in trec):
                 continue
             cells = []
@@ -84,7 +90,7 @@ def markdown(runs, meta):
                      "spam class at 90% sparsity (dense: 0%):\n")
         lines.append("| method | test F1 | test accuracy |")
         lines.append("|---|---|---|")
-        for method in ("dense", "gmp", "platon", "mgpp"):
+        for method in ("dense",) + MAIN:
             recs = spam.get(("spam", method, 0.0 if method == "dense" else 0.9), [])
             if recs:
                 lines.append(f"| {METHOD_NAMES[method]} | {_cell([r['test_f1'] for r in recs])} | "
@@ -202,6 +208,119 @@ def plot(runs, meta, out_dir):
         plt.close(fig)
 
 
+def scores_markdown(runs):
+    """The score-based neighbours: the length study, Movement's scope,
+    DeepCuts and its baselines, adapting by pruning."""
+    lines = []
+    test = lambda rs: _cell([r["test_accuracy"] for r in rs]) if rs else "not run"  # noqa: E731
+    dense = [r for r in runs if r["task"] == "trec" and r["method"] == "dense" and not r.get("study")]
+    long = [r for r in runs if r.get("study") == "epochs"]
+    if long:
+        lines += ["", "Length of training, TREC-6 at 90%, seed 0: the grid's 6 epochs against 18 (the "
+                  "pruning phase from 3.5 to 15.5 epochs), validation and test accuracy:", "",
+                  "| method | 6 epochs val | 6 epochs test | 18 epochs val | 18 epochs test |", "|---|---|---|---|---|"]
+        for m in ("gmp", "platon", "mgpp"):
+            base = [r for r in runs if r["key"] == f"trec/{m}/0.9/seed0"]
+            lng = [r for r in long if r["method"] == m]
+            if base and lng:
+                b, g = base[0], lng[0]
+                lines.append(f"| {METHOD_NAMES[m]} | {b['val_accuracy']:.4f} | {b['test_accuracy']:.4f} | "
+                             f"{g['val_accuracy']:.4f} | {g['test_accuracy']:.4f} |")
+    scope = [r for r in runs if r.get("study") == "movement_scope"]
+    if scope:
+        base = [r for r in runs if r["key"] == "trec/movement/0.9/seed0"]
+        lines += ["", "Movement's threshold, TREC-6 at 90%, seed 0, VALIDATION accuracy:", "",
+                  "| threshold | val accuracy |", "|---|---|"]
+        if base:
+            lines.append(f"| global (the grid's) | {base[0]['val_accuracy']:.4f} |")
+        lines.append(f"| per tensor | {scope[0]['val_accuracy']:.4f} |")
+    imp = [r for r in runs if r["method"] in IMPORTANCE and r["task"] == "trec"]
+    if imp:
+        sps = sorted({r["sparsity"] for r in imp})
+        lines += ["", "One-shot scores, prune, then fine-tune with the fixed mask (DeepCuts' pipeline: dense "
+                  "fine-tune, score, prune with one global threshold, rewind to the pretrained weights, "
+                  "retrain), TREC-6, test accuracy, mean +- std over seeds (n = seeds run):", "",
+                  "| score | " + " | ".join(f"{x:.0%} ({1 / (1 - x):.0f}x)" for x in sps) + " |",
+                  "|---|" + "---|" * len(sps)]
+        if dense:
+            lines.append(f"| dense AdamW (0%) | {test(dense)} |" + " |" * (len(sps) - 1))
+        for m in IMPORTANCE:
+            cells = [test([r for r in imp if r["method"] == m and r["sparsity"] == x
+                           and not r.get("pipeline") and not r.get("scope")]) for x in sps]
+            lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+        var = [r for r in imp if r.get("pipeline") or r.get("scope")]
+        if var:
+            lines += ["", "At 75%, seed 0: the pipeline and the threshold's scope, test accuracy:", "",
+                      "| score | rewind, global | plain (score the pretrained model), global | rewind, per layer |",
+                      "|---|---|---|---|"]
+            for m in IMPORTANCE:
+                pick = lambda **kw: [r for r in imp if r["method"] == m and r["sparsity"] == 0.75  # noqa: E731
+                                     and r["seed"] == 0 and all(r.get(k) == v for k, v in kw.items())]
+                lines.append(f"| {METHOD_NAMES[m]} | {test(pick(pipeline=None, scope=None))} | "
+                             f"{test(pick(pipeline='plain'))} | {test(pick(scope='layer'))} |")
+    abp = [r for r in runs if r["method"] == "adapt_by_pruning" and r["task"] == "trec"]
+    if abp:
+        sps = sorted({r["sparsity"] for r in abp})
+        lines += ["", "Adapting by pruning (the encoder frozen; a mask over its weights and the head learned), "
+                  "TREC-6, test accuracy, mean +- std over seeds (n = seeds run):", "",
+                  "| run | " + " | ".join(f"{x:.0%}" for x in sps) + " |", "|---|" + "---|" * len(sps)]
+        if dense:
+            lines.append(f"| dense fine-tune (0%) | {test(dense)} |" + " |" * (len(sps) - 1))
+        for rel, name in (("topk", "straight-through top-k"), ("hard_concrete", "hard-concrete")):
+            rows = [r for r in abp if r.get("relaxation", "topk") == rel]
+            if rows:
+                cells = [test([r for r in rows if r["sparsity"] == x]) for x in sps]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    spam = [r for r in runs if r["task"] == "spam" and (r["method"] in IMPORTANCE or r["method"] == "adapt_by_pruning")]
+    if spam:
+        lines += ["", "SMS spam, test F1 of the spam class:", "", "| run | sparsity | test F1 |", "|---|---|---|"]
+        for m in IMPORTANCE + ("adapt_by_pruning",):
+            rows = [r for r in spam if r["method"] == m]
+            for x in sorted({r["sparsity"] for r in rows}):
+                lines.append(f"| {METHOD_NAMES[m]} | {x:.0%} | {_cell([r['test_f1'] for r in rows if r['sparsity'] == x])} |")
+    return "\n".join(lines)
+
+
+def scores_plot(runs, out_dir):
+    """Test accuracy against sparsity: the gradual methods with Movement and
+    MGPP + PLATON (left), the one-shot scores and adapting by pruning (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trec = [r for r in runs if r["task"] == "trec" and not r.get("study") and not r.get("pattern")
+            and not r.get("pipeline") and not r.get("scope") and r.get("relaxation", "topk") == "topk"]
+    panels = (("gradual pruning", ("gmp", "platon", "mgpp", "movement", "mgpp_platon")),
+              ("score once / learn a mask", IMPORTANCE + ("adapt_by_pruning",)))
+    if not any(r["method"] in ("movement", "mgpp_platon") + IMPORTANCE + ("adapt_by_pruning",) for r in trec):
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    dense = [r["test_accuracy"] for r in trec if r["method"] == "dense"]
+    for ax, (title, methods) in zip(axes, panels):
+        for m in methods:
+            by = defaultdict(list)
+            for r in trec:
+                if r["method"] == m:
+                    by[r["sparsity"]].append(r["test_accuracy"])
+            if not by:
+                continue
+            xs = sorted(by)
+            ms = [_mean_std(by[x]) for x in xs]
+            ax.errorbar(xs, [a for a, _ in ms], yerr=[b for _, b in ms], marker="o", capsize=3,
+                        label=METHOD_NAMES[m])
+        if dense:
+            ax.axhline(_mean_std(dense)[0], color="gray", linestyle="--", label="dense")
+        ax.set_title(f"MiniLM-L6 on TREC-6: {title}")
+        ax.set_xlabel("sparsity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("test accuracy (mean +- std over seeds)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "scores_accuracy.png", dpi=120)
+    plt.close(fig)
+
+
 def _pat_key(p):
     return tuple(int(x) for x in p.split(":"))
 
@@ -307,10 +426,11 @@ def main(argv=None):
     # n:m runs (a "pattern") have their own table; they must not land in the
     # unstructured columns of the same sparsity.
     runs = [r for r in doc["runs"] if not r.get("pattern")]
-    text = markdown(runs, doc["meta"]) + "\n" + nm_markdown(doc["runs"])
+    text = markdown(runs, doc["meta"]) + "\n" + nm_markdown(doc["runs"]) + "\n" + scores_markdown(runs)
     (args.results.parent / "results.md").write_text(text + "\n")
     plot(runs, doc["meta"], args.results.parent)
     nm_plot(doc["runs"], args.results.parent)
+    scores_plot(runs, args.results.parent)
     print(text)
 
 
