@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../nm_layout.h"
+#include "binding_dtype.h"
 #include "nm_kernel.cuh"
 
 namespace mgpp_ext {
@@ -16,11 +17,7 @@ namespace {
 
 namespace ck = cuda_kernels;
 
-ck::DType kernel_dtype(at::ScalarType st) {
-  return st == at::kFloat      ? ck::DType::F32
-         : st == at::kBFloat16 ? ck::DType::BF16
-                               : ck::DType::F16;
-}
+using cuda_bindings::kernel_dtype;
 
 void check_cuda(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cuda(), op, ": '", name, "' must be a CUDA tensor, got ",

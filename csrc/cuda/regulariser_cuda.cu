@@ -13,6 +13,7 @@
 
 #include "../regulariser_checks.h"
 #include "../step_checks.h"
+#include "binding_dtype.h"
 #include "regulariser_kernel.cuh"
 
 namespace mgpp_ext {
@@ -20,11 +21,7 @@ namespace {
 
 namespace ck = cuda_kernels;
 
-ck::DType kernel_dtype(at::ScalarType st) {
-  return st == at::kFloat      ? ck::DType::F32
-         : st == at::kBFloat16 ? ck::DType::BF16
-                               : ck::DType::F16;
-}
+using cuda_bindings::kernel_dtype;
 
 // A tensor the kernel writes: itself when contiguous, else a contiguous
 // copy that write_back() copies in.
