@@ -146,8 +146,40 @@ class Schedule:
                    initial_sparsity=target_sparsity, target_sparsity=target_sparsity)
 
 
+class _NoEvents:
+    """What the schedules without pruning events share: a constant
+    ``target_sparsity``, no events, no prior."""
+
+    prune_interval = 1
+
+    def _check_target(self):
+        if not isinstance(self.target_sparsity, (int, float)) or not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be a number in [0, 1), got {self.target_sparsity!r}")
+
+    def is_event(self, t):
+        return False
+
+    def next_event(self, t):
+        return None
+
+    def prior_active(self, t):
+        return False
+
+    def lambda_at(self, t):
+        return 0.0
+
+    def sparsity(self, t):
+        return float(self.target_sparsity)
+
+    def num_pruned(self, t, n):
+        return math.floor(Fraction(repr(float(self.target_sparsity))) * n)
+
+    def as_dict(self):
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class EveryStep:
+class EveryStep(_NoEvents):
     """No pruning events: the method keeps its mask at ``target_sparsity``
     on every step itself (SR-STE recomputes its n:m mask inside the fused
     step every ``mask_interval`` steps). There is no final phase."""
@@ -157,43 +189,20 @@ class EveryStep:
 
     def __post_init__(self):
         _check_int("mask_interval", self.mask_interval, minimum=1)
-        if not isinstance(self.target_sparsity, (int, float)) or not 0.0 <= self.target_sparsity < 1.0:
-            raise ValueError(f"target_sparsity must be a number in [0, 1), got {self.target_sparsity!r}")
+        self._check_target()
 
     t_s = 0
     t_e = math.inf  # never final: the mask is never frozen by the schedule
-    prune_interval = 1
 
     def phase(self, t):
         return "pruning"
 
-    def is_event(self, t):
-        return False
-
-    def next_event(self, t):
-        return None
-
-    def prior_active(self, t):
-        return False
-
-    def lambda_at(self, t):
-        return 0.0
-
-    def sparsity(self, t):
-        return float(self.target_sparsity)
-
-    def num_pruned(self, t, n):
-        return math.floor(Fraction(repr(float(self.target_sparsity))) * n)
-
     def updates_mask(self, t):
         return t % self.mask_interval == 0
 
-    def as_dict(self):
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class FixedMaskSchedule:
+class FixedMaskSchedule(_NoEvents):
     """No pruning events: the mask is given and in force from the first
     step (fine-tuning with a mask chosen before training, e.g. from
     importance scores). Every step is a final-phase step."""
@@ -201,36 +210,13 @@ class FixedMaskSchedule:
     target_sparsity: float
 
     def __post_init__(self):
-        if not isinstance(self.target_sparsity, (int, float)) or not 0.0 <= self.target_sparsity < 1.0:
-            raise ValueError(f"target_sparsity must be a number in [0, 1), got {self.target_sparsity!r}")
+        self._check_target()
 
     t_s = 0
     t_e = -1  # every step t >= 0 is after the last event: the mask is fixed
-    prune_interval = 1
 
     def phase(self, t):
         return "final"
-
-    def is_event(self, t):
-        return False
-
-    def next_event(self, t):
-        return None
-
-    def prior_active(self, t):
-        return False
-
-    def lambda_at(self, t):
-        return 0.0
-
-    def sparsity(self, t):
-        return float(self.target_sparsity)
-
-    def num_pruned(self, t, n):
-        return math.floor(Fraction(repr(float(self.target_sparsity))) * n)
-
-    def as_dict(self):
-        return asdict(self)
 
 
 def _check_int(name, value, minimum):

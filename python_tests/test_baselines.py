@@ -81,6 +81,14 @@ def test_resume_is_bitwise(method, resume_at, dtype):
         groups = make_params("cpu", dtype)
         ps = [p for _, group in groups for p in group]
         return METHODS[method](ps, **ADAM, **SCHEDULE), ps
+    check_resume(fresh, resume_at)
+
+
+def check_resume(fresh, resume_at, on_resume=None):
+    """A run saved at ``resume_at`` (torch.save round trip) and resumed in a
+    fresh optimizer ends bitwise where the straight run does. ``fresh()``
+    returns (optimizer, params); ``on_resume(opt, params)`` may inspect the
+    resumed optimizer."""
     straight, sp = fresh()
     _run(straight, sp, SCHEDULE["total_steps"])
     first, fp = fresh()
@@ -94,6 +102,8 @@ def test_resume_is_bitwise(method, resume_at, dtype):
         for p, q in zip(rp, saved["params"]):
             p.copy_(q)
     second.load_state_dict(saved["opt"])
+    if on_resume is not None:
+        on_resume(second, rp)
     _run(second, rp, SCHEDULE["total_steps"] - resume_at, start=resume_at)
     for a, b in zip(sp, rp):
         assert torch.equal(a, b)

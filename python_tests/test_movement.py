@@ -1,7 +1,5 @@
 """Movement pruning and MGPP+PLATON against the plain-PyTorch reference;
 the fused movement_step_ op; the exact signed threshold; resume; bad input."""
-import io
-
 import pytest
 import torch
 
@@ -10,6 +8,7 @@ from mgpp_ext.reference import ReferenceMGPP
 from mgpp_ext.regularisers import MixturePrior
 from mgpp_ext.scores import MovementScore
 from conftest import bits
+from test_baselines import check_resume
 from test_step_vs_reference import (DTYPES, EVENTS, HYPER, SCHEDULE, assert_near, lockstep, make_groups,
                                     make_params, set_grads)
 
@@ -174,12 +173,6 @@ def test_movement_step_op_bad_input():
         score_ops.movement_step_([p], [g], [m], [v], [torch.zeros(4, 4)], **hyper, score_lr=0.0)
 
 
-def _run(opt, params, steps, start=0):
-    for t in range(start, start + steps):
-        set_grads(t, params, params)
-        opt.step()
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("method", ["movement", "mgpp_platon"])
 @pytest.mark.parametrize("resume_at", [2, 6, 17, 20])
@@ -189,25 +182,11 @@ def test_resume_is_bitwise(method, resume_at, dtype):
         if method == "movement":
             return Movement(ps, **ADAM, **SCHEDULE, score_lr=0.5), ps
         return MGPPPlaton(ps, **ADAM, **SCHEDULE, **PRIOR), ps
-    straight, sp = fresh()
-    _run(straight, sp, SCHEDULE["total_steps"])
-    first, fp = fresh()
-    _run(first, fp, resume_at)
-    buf = io.BytesIO()
-    torch.save({"opt": first.state_dict(), "params": [p.detach().clone() for p in fp]}, buf)
-    buf.seek(0)
-    saved = torch.load(buf)
-    second, rp = fresh()
-    with torch.no_grad():
-        for p, q in zip(rp, saved["params"]):
-            p.copy_(q)
-    second.load_state_dict(saved["opt"])
-    if method == "movement" and resume_at < 17:
-        assert all(second.state[p]["movement_score"].dtype == torch.float32 for p in rp if p.dim() >= 2)
-    _run(second, rp, SCHEDULE["total_steps"] - resume_at, start=resume_at)
-    for a, b in zip(sp, rp):
-        assert torch.equal(a, b)
-    assert straight.last_threshold == second.last_threshold
+
+    def scores_fp32(opt, ps):
+        if method == "movement" and resume_at < 17:
+            assert all(opt.state[p]["movement_score"].dtype == torch.float32 for p in ps if p.dim() >= 2)
+    check_resume(fresh, resume_at, scores_fp32)
 
 
 def test_inf_grad_changes_no_score():
