@@ -27,4 +27,5 @@ echo "kernel tests against $lib (MGPP_CPU_ARCH=$arch)"
 MGPP_EXT_LIBRARY="$PWD/$lib" "$PY" -m pytest -q -p no:cacheprovider \
   python_tests/test_alt_build_loaded.py python_tests/test_exp_fp32.py \
   python_tests/test_step_vs_reference.py python_tests/test_threshold.py \
-  python_tests/test_opcheck.py python_tests/test_deferred_check.py "$@"
+  python_tests/test_opcheck.py python_tests/test_deferred_check.py \
+  python_tests/test_all_finite.py python_tests/test_movement.py "$@"
