@@ -63,6 +63,11 @@ bench() {
       summary+=("bench $name: rc $rc; $(grep -E '^\(a\)/\(c\)' "$OUT/$name.txt" | head -n 1)")
     done
   done
+  name="${tag}_scores_float32"
+  echo "-- $name"
+  PYTHONPATH=. "$PY" benchmarks/bench_scores.py --device cuda --sizes 85M --json "$OUT/$name.json" \
+    > "$OUT/$name.txt" 2>&1
+  summary+=("bench $name: rc $?; $(grep -E 'Movement step' "$OUT/$name.txt" | head -n 1)")
 }
 
 case "$what" in
