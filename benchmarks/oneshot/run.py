@@ -46,8 +46,9 @@ PEER = ["llmc_wanda", "llmc_sparsegpt"]
 PEER_PINS = ["llmcompressor==0.14.0.1", "transformers==5.17.*", "torch==2.13.0"]
 SDS_STUDY = [("none", 0.0), ("l1", 1e-3), ("decay", 1e-2), ("decay", 1e-1), ("prior", 1e-3),
              # The first round's l1 and decay terms (means over each tensor)
-             # moved nothing; these strengths make them matter.
-             ("l1", 1.0), ("decay", 10.0), ("decay", 100.0), ("prior", 1e-2), ("prior", 1e-1)]
+             # moved nothing; stronger ones. (decay acts on the re-activated
+             # weights, which start at 0, so even 10 leaves them near it.)
+             ("l1", 1.0), ("decay", 10.0), ("prior", 1e-2), ("prior", 1e-1)]
 
 
 def peer_venv(path):
@@ -94,8 +95,22 @@ def ours(key, model_dir, cal, ev, args, sparsity, pattern, sds_opts=None):
     numel = sum(r["shape"][0] * r["shape"][1] for r in report)
     achieved = (sum(r["sparsity"] * r["shape"][0] * r["shape"][1] for r in report) / numel
                 if numel else 0.0)
-    return dict(ppl=ppl, seconds=seconds, windows=windows, predicted_tokens=count,
-                sparsity=achieved)
+    row = dict(ppl=ppl, seconds=seconds, windows=windows, predicted_tokens=count, sparsity=achieved)
+    if key.startswith("sds_"):
+        row["sds"] = sds_setting(sds_opts)
+    return row
+
+
+# What the SDS rows of results.json made before rows recorded it used.
+SDS_BEFORE_STUDY = dict(regulariser="decay", strength=1e-2)
+
+
+def sds_setting(opts=None):
+    """The dense step's regulariser and strength an SDS row runs with."""
+    from mgpp_ext.oneshot.sds import SDS_OPTIONS
+
+    o = {**SDS_OPTIONS, **(opts or {})}
+    return dict(regulariser=o["regulariser"], strength=o["strength"])
 
 
 def peer(key, model_dir, cal_path, ev_path, args, sparsity, pattern, py):
@@ -121,12 +136,20 @@ def table(results, args):
     names = {"magnitude": "magnitude (ours)", "wanda": "Wanda (ours)", "sparsegpt": "SparseGPT (ours)",
              "sds_wanda": "SDS(Wanda) (ours)", "sds_sparsegpt": "SDS(SparseGPT) (ours)",
              "llmc_wanda": "Wanda (llm-compressor)", "llmc_sparsegpt": "SparseGPT (llm-compressor)"}
+    default, older = sds_setting(), False
     for key in OURS + PEER:
         cells = []
         for c in cols:
             r = rows.get(f"{key}/{c}")
-            cells.append(f"{r['ppl']:.2f} | {r['seconds']:.0f}" if r else "- | -")
+            mark = ""
+            if r and key.startswith("sds_") and r.get("sds", SDS_BEFORE_STUDY) != default:
+                mark, older = " *", True
+            cells.append(f"{r['ppl']:.2f}{mark} | {r['seconds']:.0f}" if r else "- | -")
         lines.append(f"| {names[key]} | " + " | ".join(cells) + " |")
+    if older:
+        lines.append(f"\n\\* SDS with the dense step's regulariser {SDS_BEFORE_STUDY['regulariser']} at "
+                     f"{SDS_BEFORE_STUDY['strength']:g} (the default before the validation study); unmarked SDS "
+                     f"cells use the default, {default['regulariser']} at {default['strength']:g}.")
     return "\n".join(lines)
 
 
