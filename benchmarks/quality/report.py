@@ -311,6 +311,7 @@ def scores_plot(runs, out_dir):
                         label=METHOD_NAMES[m])
         if dense:
             ax.axhline(_mean_std(dense)[0], color="gray", linestyle="--", label="dense")
+        ax.set_xlim(*((0.45, 0.98) if ax is axes[0] else (0.25, 0.8)))
         ax.set_title(f"MiniLM-L6 on TREC-6: {title}")
         ax.set_xlabel("sparsity")
         ax.grid(alpha=0.3)
