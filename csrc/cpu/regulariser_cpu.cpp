@@ -22,6 +22,7 @@
 #include "../step_checks.h"
 #include "adamw_body.h"
 #include "cpu_utils.h"
+#include "flat_adamw_pass.h"
 #include "nm_block.h"
 #include "working_copy.h"
 
@@ -137,28 +138,11 @@ void admm_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   if (params.empty() || gate_closed(apply_if, params, op)) return;
   const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);
   const float rho_f = static_cast<float>(rho);
-  auto p = working(params), m = working(exp_avgs), v = working(exp_avg_sqs);
-  const auto g = contiguous(grads), a = contiguous(duals);
-  const auto chunks = make_chunks(numels_of(params));
-  dispatch_param_state(params[0].scalar_type(), exp_avgs[0].scalar_type(), [&](auto p_tag,
-                                                                               auto s_tag) {
-    using P = decltype(p_tag);
-    using S = decltype(s_tag);
-    at::parallel_for(0, int64_t(chunks.size()), 1, [&](int64_t b, int64_t e) {
-      for (int64_t ci = b; ci < e; ++ci) {
-        const Chunk& ch = chunks[ci];
-        const int64_t i = ch.tensor, o = ch.begin;  // o: a multiple of kChunk, so of 8
-        const AdmmTerm term{a[i].const_data_ptr<float>() + o,
-                            dual_masks[i].const_data_ptr<uint8_t>() + o / 8, rho_f};
-        adamw_block(p[i].work.data_ptr<P>() + o, g[i].const_data_ptr<P>() + o,
-                    m[i].work.data_ptr<S>() + o, v[i].work.data_ptr<S>() + o, ch.end - o, c,
-                    term, NoPost{});
-      }
-    });
+  const auto a = contiguous(duals);
+  flat_adamw_pass(params, grads, exp_avgs, exp_avg_sqs, c, [&](int64_t i, int64_t o) {
+    return AdmmTerm{a[i].const_data_ptr<float>() + o,
+                    dual_masks[i].const_data_ptr<uint8_t>() + o / 8, rho_f};
   });
-  write_back(p);
-  write_back(m);
-  write_back(v);
 }
 
 // A[j] <- W[j] + U[j] over [offset, offset + len), U = A where the mask bit
