@@ -41,33 +41,38 @@ __device__ __forceinline__ bool gate_closed(const StepScalars& s) {
   return s.apply_if != nullptr && !*s.apply_if;
 }
 
-template <class P, class S>
-__global__ void __launch_bounds__(kThreads)
-    admm_step_kernel(RegTensor t, StepScalars s, float rho) {
-  if (gate_closed(s)) return;
-  P* p = static_cast<P*>(t.param);
-  const P* g = static_cast<const P*>(t.grad);
-  S* m = static_cast<S*>(t.exp_avg);
-  S* v = static_cast<S*>(t.exp_avg_sq);
-  for (int64_t i = first_index(); i < t.numel; i += grid_stride()) {
-    float pf = widen(p[i]), mf = widen(m[i]), vf = widen(v[i]);
+// ADMM's gradient term: g + rho ((W - Z) + U), Z = A where the mask bit is
+// set and 0 elsewhere, U = A where it is clear and 0 elsewhere.
+struct AdmmTerm {
+  float rho;
+  __device__ __forceinline__ float operator()(const RegTensor& t, int64_t i, float p,
+                                              float g) const {
     const float a = t.dual[i];
     const bool keep = bit_of(t.dual_mask, i);
     const float z = keep ? a : 0.0f;
     const float u = keep ? 0.0f : a;
-    const float gf = __fadd_rn(widen(g[i]), __fmul_rn(rho, __fadd_rn(__fsub_rn(pf, z), u)));
-    adamw_rn(pf, gf, mf, vf, s);
-    p[i] = narrow<P>(pf);
-    m[i] = narrow<S>(mf);
-    v[i] = narrow<S>(vf);
+    return __fadd_rn(g, __fmul_rn(rho, __fadd_rn(__fsub_rn(p, z), u)));
   }
-}
+};
 
-// S <- S - score_lr (g W) with W before the update (each product rounded
-// on its own, as the CPU kernel and the reference), then AdamW on g.
-template <class P, class S>
+// Movement: g unchanged; S <- S - score_lr (g W) with W before the update
+// (each product rounded on its own, as the CPU kernel and the reference).
+struct MovementTerm {
+  float score_lr;
+  __device__ __forceinline__ float operator()(const RegTensor& t, int64_t i, float p,
+                                              float g) const {
+    t.score[i] = __fsub_rn(t.score[i], __fmul_rn(score_lr, __fmul_rn(g, p)));
+    return g;
+  }
+};
+
+// One grid-stride AdamW pass over a tensor: g' = term(t, i, W, g), then
+// AdamW. The families whose term needs only the element's index share it,
+// as the CPU steps share flat_adamw_pass.h, so their loops cannot drift
+// apart.
+template <class P, class S, class Term>
 __global__ void __launch_bounds__(kThreads)
-    movement_step_kernel(RegTensor t, StepScalars s, float score_lr) {
+    adamw_term_kernel(RegTensor t, StepScalars s, Term term) {
   if (gate_closed(s)) return;
   P* p = static_cast<P*>(t.param);
   const P* g = static_cast<const P*>(t.grad);
@@ -75,8 +80,7 @@ __global__ void __launch_bounds__(kThreads)
   S* v = static_cast<S*>(t.exp_avg_sq);
   for (int64_t i = first_index(); i < t.numel; i += grid_stride()) {
     float pf = widen(p[i]), mf = widen(m[i]), vf = widen(v[i]);
-    const float gf = widen(g[i]);
-    t.score[i] = __fsub_rn(t.score[i], __fmul_rn(score_lr, __fmul_rn(gf, pf)));
+    const float gf = term(t, i, pf, widen(g[i]));
     adamw_rn(pf, gf, mf, vf, s);
     p[i] = narrow<P>(pf);
     m[i] = narrow<S>(mf);
@@ -231,28 +235,28 @@ void launch_groups(const RegTensor& t, const StepScalars& sc, float lambda_w, in
                                                                          groups);
 }
 
-}  // namespace
-
-cudaError_t launch_admm_step(const RegTensor& t, DType p, DType s, const StepScalars& sc,
-                             float rho, cudaStream_t stream) {
+template <class Term>
+cudaError_t launch_adamw_term(const RegTensor& t, DType p, DType s, const StepScalars& sc,
+                              const Term& term, cudaStream_t stream) {
   if (t.numel == 0) return cudaSuccess;
   const bool ok = dispatch_pair(p, s, [&](auto p_tag, auto s_tag) {
     using P = decltype(p_tag);
     using S = decltype(s_tag);
-    admm_step_kernel<P, S><<<grid_for(t.numel), kThreads, 0, stream>>>(t, sc, rho);
+    adamw_term_kernel<P, S, Term><<<grid_for(t.numel), kThreads, 0, stream>>>(t, sc, term);
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
+}  // namespace
+
+cudaError_t launch_admm_step(const RegTensor& t, DType p, DType s, const StepScalars& sc,
+                             float rho, cudaStream_t stream) {
+  return launch_adamw_term(t, p, s, sc, AdmmTerm{rho}, stream);
+}
+
 cudaError_t launch_movement_step(const RegTensor& t, DType p, DType s, const StepScalars& sc,
                                  float score_lr, cudaStream_t stream) {
-  if (t.numel == 0) return cudaSuccess;
-  const bool ok = dispatch_pair(p, s, [&](auto p_tag, auto s_tag) {
-    using P = decltype(p_tag);
-    using S = decltype(s_tag);
-    movement_step_kernel<P, S><<<grid_for(t.numel), kThreads, 0, stream>>>(t, sc, score_lr);
-  });
-  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+  return launch_adamw_term(t, p, s, sc, MovementTerm{score_lr}, stream);
 }
 
 cudaError_t launch_admm_combine(const RegTensor& t, DType p, cudaStream_t stream) {
