@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../regulariser_checks.h"
+#include "../score_checks.h"
 #include "../step_checks.h"
 #include "binding_dtype.h"
 #include "regulariser_kernel.cuh"
@@ -295,19 +296,9 @@ void movement_step_cuda(at::TensorList params, at::TensorList grads, at::TensorL
   const char* op = "movement_step_";
   if (params.empty()) return;
   const at::Device device = check_adamw_lists(params, grads, exp_avgs, exp_avg_sqs, op);
-  TORCH_CHECK_VALUE(scores.size() == params.size(), op, ": 'scores' must have one tensor per param (",
-                    params.size(), "), got ", scores.size());
-  for (size_t i = 0; i < scores.size(); ++i) {
-    TORCH_CHECK_VALUE(scores[i].device() == device, op, ": 'scores[", i, "]' must be on ", device,
-                      ", got ", scores[i].device());
-    TORCH_CHECK_VALUE(scores[i].scalar_type() == at::kFloat, op, ": 'scores[", i,
-                      "]' must be float32, got ", scores[i].scalar_type());
-    TORCH_CHECK_VALUE(scores[i].sizes() == params[i].sizes(), op, ": 'scores[", i, "]' has shape ",
-                      scores[i].sizes(), ", its param ", params[i].sizes());
-  }
+  score::check_scores(params, scores, op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
-  TORCH_CHECK_VALUE(std::isfinite(score_lr) && score_lr > 0, op,
-                    ": 'score_lr' must be a finite number > 0, got ", score_lr);
+  score::check_score_lr(score_lr, op);
   const c10::cuda::CUDAGuard guard(device);
   const bool* gate = check_apply_if(apply_if, device, op) ? apply_if->data_ptr<bool>() : nullptr;
   const ck::StepScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, step, gate);
