@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .engine.distributed import as_float, local
+from .engine.buckets import adamw_hyper, adamw_lists
+from .engine.distributed import local
 from .engine.validation import MIN_VARIANCE, check_number
 
 
@@ -139,14 +140,9 @@ class AdmmProximal:
     def fused_step(self, opt, ps, group, step, t, gate):
         from . import regulariser_ops as rops
 
-        beta1, beta2 = group["betas"]
         st = [opt.state[p] for p in ps]
-        rops.admm_step_(
-            [local(p) for p in ps], [local(p.grad) for p in ps],
-            [local(s["exp_avg"]) for s in st], [local(s["exp_avg_sq"]) for s in st],
-            [s["admm_dual"] for s in st], [s["admm_dual_mask"] for s in st],
-            lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], step=step, rho=self.rho_at(t), apply_if=gate)
+        rops.admm_step_(*adamw_lists(opt, ps), [s["admm_dual"] for s in st], [s["admm_dual_mask"] for s in st],
+                        **adamw_hyper(group, step), rho=self.rho_at(t), apply_if=gate)
 
     def after_step(self, opt, t):
         sch = opt.schedule
@@ -236,16 +232,13 @@ class SrsteDecay:
     def fused_step(self, opt, ps, group, step, t, gate):
         from . import regulariser_ops as rops
 
-        beta1, beta2 = group["betas"]
         pattern = opt.pattern
         index = {id(p): i for i, (_, _, p) in enumerate(opt._prunable())}
         st = [opt.state[p] for p in ps]
         rops.srste_step_(
             [local(p) for p in ps], [local(p.grad) for p in ps], [s["dense"] for s in st],
             [local(s["exp_avg"]) for s in st], [local(s["exp_avg_sq"]) for s in st],
-            [s["nm_mask"] for s in st],
-            lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], step=step, lambda_w=self.lambda_w,
+            [s["nm_mask"] for s in st], **adamw_hyper(group, step), lambda_w=self.lambda_w,
             n=pattern.n, m=pattern.m, dims=[pattern.dims[index[id(p)]] for p in ps],
             update_mask=opt.schedule.updates_mask(t), apply_if=gate)
 

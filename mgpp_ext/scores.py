@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 
 from . import score_ops
-from .engine.distributed import as_float, local
+from .engine.buckets import adamw_hyper, adamw_lists
+from .engine.distributed import local
 
 
 class Magnitude:
@@ -191,14 +192,8 @@ class MovementScore:
         return True  # the engine asks only up to the last event
 
     def fused_step(self, opt, ps, group, step, t, gate):
-        beta1, beta2 = group["betas"]
-        st = [opt.state[p] for p in ps]
-        score_ops.movement_step_(
-            [local(p) for p in ps], [local(p.grad) for p in ps],
-            [local(s["exp_avg"]) for s in st], [local(s["exp_avg_sq"]) for s in st],
-            [local(self._score(opt, p)) for p in ps],
-            lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], step=step, score_lr=self.score_lr, apply_if=gate)
+        score_ops.movement_step_(*adamw_lists(opt, ps), [local(self._score(opt, p)) for p in ps],
+                                 **adamw_hyper(group, step), score_lr=self.score_lr, apply_if=gate)
 
     def tensors(self, opt):
         return [local(self._score(opt, p)) for _, _, p in opt._prunable()]

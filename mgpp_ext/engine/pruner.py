@@ -9,13 +9,12 @@ engine's other files. A method (``mgpp_ext/methods/``) only chooses parts.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
 from .. import ops
+from .buckets import adamw_buckets, adamw_hyper, adamw_lists
 from .checkpoint import Checkpoint
-from .distributed import as_float, local, reduce_histogram, shard_groups
+from .distributed import local, reduce_histogram, shard_groups
 from .events import Events
 from .nonfinite import NonfiniteCheck, PendingCheck
 from .select import GlobalSelect
@@ -158,23 +157,8 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         reg_kw = self._regulariser_args(t)
 
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            buckets = OrderedDict()
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                state = self.state[p]
-                if len(state) == 0 or "exp_avg" not in state:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                stepped.append(p)
-                pruned = self._is_pruned(p, group)
-                key = (pruned, local(p).device, p.dtype, int(state["step"].item()))
-                buckets.setdefault(key, []).append(p)
+            buckets, counted = adamw_buckets(self, group, kind=lambda p: self._is_pruned(p, group))
+            stepped += counted
             for (pruned, dev, _, step), ps in buckets.items():
                 owner = self._step_owner(t) if pruned and not final else None
                 if owner is not None:
@@ -184,14 +168,10 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
                 use_hist = pruned and want_hist
                 kw = dict(reg_kw, apply_prior=pruned and reg_kw["apply_prior"])
                 ops.mgpp_step_(
-                    [local(p) for p in ps], [local(p.grad) for p in ps],
-                    [local(self.state[p]["exp_avg"]) for p in ps],
-                    [local(self.state[p]["exp_avg_sq"]) for p in ps],
+                    *adamw_lists(self, ps),
                     [local(self.state[p]["mask"]) for p in ps] if (pruned and final) else [],
                     hist.level0 if use_hist else (no_hist if dev == device else torch.empty(0, dtype=torch.int64, device=dev)),
-                    lr=as_float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"],
-                    weight_decay=group["weight_decay"], step=step,
-                    apply_if=gate, **(hist.kernel_args() if use_hist else {}), **kw)
+                    **adamw_hyper(group, step), apply_if=gate, **(hist.kernel_args() if use_hist else {}), **kw)
 
         if event:
             self._fold_missing(prunable, hist, device)

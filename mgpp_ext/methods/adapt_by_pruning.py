@@ -16,6 +16,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from .. import ops
+from ..engine.buckets import adamw_buckets, adamw_hyper, adamw_lists
 from ..engine.validation import check_adamw, check_number, check_on_nonfinite
 from ..schedule import Schedule
 
@@ -249,24 +250,10 @@ class AdaptByPruning(torch.optim.Optimizer):
         return loss
 
     def _adamw(self, group):
-        beta1, beta2 = group["betas"]
-        buckets = {}
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            st = self.state[p]
-            if "exp_avg" not in st:
-                st["step"] = torch.tensor(0.0)
-                st["exp_avg"] = torch.zeros_like(p)
-                st["exp_avg_sq"] = torch.zeros_like(p)
-            st["step"] += 1
-            buckets.setdefault((p.device, p.dtype, int(st["step"].item())), []).append(p)
-        for (dev, _, step), ps in buckets.items():
-            ops.mgpp_step_(ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
-                           [self.state[p]["exp_avg_sq"] for p in ps], [],
-                           torch.empty(0, dtype=torch.int64, device=dev), lr=float(group["lr"]), beta1=beta1,
-                           beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"], step=step,
-                           apply_prior=False)
+        buckets, _ = adamw_buckets(self, group)
+        for (_, dev, _, step), ps in buckets.items():
+            ops.mgpp_step_(*adamw_lists(self, ps), [], torch.empty(0, dtype=torch.int64, device=dev),
+                           **adamw_hyper(group, step), apply_prior=False)
 
     # -- accessors -------------------------------------------------------------
     @property
