@@ -102,7 +102,6 @@ def main(argv=None):
                          ("random", random)):
             prune_once(weights, saved, sc, frac)
             row[name] = ft.accuracy(model, val_ds, data, "cpu")
-        prune_once(weights, saved, magnitude, 0.0)
         out["pruned"][str(frac)] = row
         print(f"{frac:g} pruned: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
