@@ -377,7 +377,31 @@ def nm_markdown(runs):
         for value, acc in sorted(rows):
             mark = " (the grid's)" if base and value == GRID_ADMM["rho"] else ""
             lines.append(f"| {value:g}{mark} | {acc:.4f} |")
+    lines += admm_rho_grid_markdown(runs)
     return "\n".join(lines)
+
+
+def admm_rho_grid_markdown(runs):
+    """ADMM's cells run first with rho 0.1 (study ``admm_rho_grid``) beside
+    the same cells with the grid's rho, where both exist."""
+    old = [r for r in runs if r.get("study") == "admm_rho_grid"]
+    pairs = []
+    for r in old:
+        level = r.get("pattern") or r["sparsity"]
+        new = [x for x in runs if x["method"] == "admm" and not x.get("study") and x["seed"] == r["seed"]
+               and (x.get("pattern") or x["sparsity"]) == level]
+        if new:
+            pairs.append((r, new[0]))
+    if not pairs:
+        return []
+    lines = ["", "ADMM's cells with rho 0.1 (run before the rho study) and with the grid's rho 0.01, "
+             "val / test accuracy:", "", "| cell | seed | rho 0.1 | rho 0.01 |", "|---|---|---|---|"]
+    order = lambda p: (isinstance(p[0].get("pattern"), str), p[0].get("pattern") or "", p[0]["sparsity"], p[0]["seed"])  # noqa: E731
+    for r, n in sorted(pairs, key=order):
+        level = r.get("pattern") or f"{r['sparsity']:.0%}"
+        lines.append(f"| {level} | {r['seed']} | {r['val_accuracy']:.3f} / {r['test_accuracy']:.3f} | "
+                     f"{n['val_accuracy']:.3f} / {n['test_accuracy']:.3f} |")
+    return lines
 
 
 def nm_plot(runs, out_dir):
