@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mgpp_ext import AdaptByPruning
+from mgpp_ext.methods.adapt_by_pruning import _expected_keep_offset
 from conftest import bits
 
 
@@ -109,6 +110,83 @@ def test_hard_concrete_samples_in_training_mask_in_eval():
     model.train()
     loss_of(model, 0).backward()
     assert learner.param_groups[0]["params"][0].grad.abs().sum() > 0
+
+
+def _per_weight_tensors(learner):
+    """Tensors the learner holds besides the model's weights, the scores
+    and the head's AdamW state, with at least as many entries as the
+    smallest masked weight (per-weight state)."""
+    small = min(w.numel() for w in learner.pretrained_weights())
+    skip = {"param_groups", "state", "_weights", "_masks_modules"}
+    found = []
+
+    def walk(name, v):
+        if isinstance(v, torch.Tensor):
+            if v.numel() >= small:
+                found.append(name)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{name}[{k!r}]", x)
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(f"{name}[{i}]", x)
+    for name, v in vars(learner).items():
+        if name not in skip:
+            walk(name, v)
+    return found
+
+
+@pytest.mark.parametrize("relaxation", ["topk", "hard_concrete"])
+def test_no_per_weight_state_besides_the_scores(relaxation):
+    model, weights, head = make()
+    learner = AdaptByPruning(model, weights, head, relaxation=relaxation, **KW)
+    for t in range(KW["total_steps"]):
+        loss_of(model, t).backward()
+        learner.step()
+        learner.zero_grad()
+        assert _per_weight_tensors(learner) == [], t
+    assert learner.mask_fixed
+    # the fixed mask is 1[S > tau] of the scores as they were at t_e
+    model.eval()
+    for w, m, layer in zip(learner.pretrained_weights(), learner.masks(), (model[0], model[2])):
+        assert torch.equal(layer.weight, w * m)
+
+
+def test_expected_keep_offset_solves_the_count():
+    g = torch.Generator().manual_seed(0)
+    for scores in (torch.randn(50_001, generator=g) * 3, torch.rand(1_000, generator=g).pow(4) * 20,
+                   torch.zeros(64)):
+        n = scores.numel()
+        for keep in (1, n // 10, n // 2, n - 1):
+            c = _expected_keep_offset(scores, keep, 1.6, start=float(scores.median()))
+            got = float(torch.sigmoid(scores - c + 1.6).double().sum())
+            assert abs(got - keep) <= max(0.5, 1e-6 * n), (n, keep, got)
+
+
+def test_hard_concrete_holds_the_sparsity_in_expectation():
+    """The sampled gates are zero as often as the schedule's sparsity asks
+    (before the offset, a gate at the threshold was nonzero 83% of the
+    time, so the trained network was far denser than the target)."""
+    model, weights, head = make()
+    # the offset is refreshed with the threshold, every step here (between
+    # refreshes it drifts as S moves)
+    kw = {**KW, "target_sparsity": 0.6, "mask_interval": 1}
+    learner = AdaptByPruning(model, weights, head, relaxation="hard_concrete", **kw)
+    w = learner.pretrained_weights()
+    n = sum(x.numel() for x in w)
+    model.train()
+    for t in range(6):
+        assert abs(learner.expected_sparsity() - math.floor(0.6 * n) / n) <= 0.5 / n + 1e-9
+        zeros = trials = 0
+        for _ in range(300):  # 96,000 gates: the zero fraction's std is about 0.0016
+            for layer, wi in zip((model[0], model[2]), w):
+                z = layer.weight[wi != 0] / wi[wi != 0]
+                zeros += int((z == 0).sum())
+                trials += z.numel()
+        assert abs(zeros / trials - 0.6) < 0.012, (t, zeros / trials)
+        loss_of(model, t).backward()
+        learner.step()
+        learner.zero_grad()
 
 
 @pytest.mark.parametrize("relaxation", ["topk", "hard_concrete"])

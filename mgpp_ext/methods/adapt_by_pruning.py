@@ -51,13 +51,13 @@ class _Mask(torch.nn.Module):
     def forward(self, weight):
         lr = self._learner[0]
         tau = lr._tau
-        if lr._final_masks is not None:  # the mask is fixed
-            return weight * lr._final_masks[id(self)].to(weight.dtype)
+        if lr._fixed:  # S and tau no longer move: the mask is 1[S > tau], with no gradient
+            return weight * (self.scores.detach() > tau).to(weight.dtype)
         if lr.relaxation == "hard_concrete" and self.training:
             lo, hi = lr.stretch
             u = torch.rand(self.scores.shape, generator=lr._gen, dtype=torch.float32).to(self.scores.device)
             u = u.clamp_(1e-6, 1 - 1e-6)
-            logits = (u.log() - (-u).log1p() + (self.scores.float() - tau)) / lr.temperature
+            logits = (u.log() - (-u).log1p() + (self.scores.float() - lr._hc_tau)) / lr.temperature
             z = (torch.sigmoid(logits) * (hi - lo) + lo).clamp(0.0, 1.0)
             return weight * z.to(weight.dtype)
         return _MaskSTE.apply(weight, self.scores, tau)
@@ -81,16 +81,22 @@ class AdaptByPruning(torch.optim.Optimizer):
       and S gets the straight-through gradient ``dL/dW' * W``;
     - ``relaxation="hard_concrete"``: in training the forward pass sees
       ``W * z``, z a hard-concrete sample (Louizos et al. 2018) with
-      location ``S - tau_t``, temperature ``temperature`` (2/3) and stretch
-      ``stretch`` (-0.1, 1.1), and S gets z's reparametrized gradient; in
-      eval mode the mask is ``1[S > tau_t]``. The sparsity is held by the
-      threshold, so no L0 penalty is needed.
+      location ``log alpha = S - c_t``, temperature ``beta`` (2/3) and
+      stretch ``(gamma, zeta)`` (-0.1, 1.1), and S gets z's reparametrized
+      gradient; in eval mode the mask is ``1[S > tau_t]``. A gate is
+      nonzero with probability ``sigmoid(log alpha - beta log(-gamma /
+      zeta))``, and c_t is the offset at which these probabilities sum to
+      the ``N - k`` weights the mask keeps (found by safeguarded Newton
+      steps, to half a weight or 1e-6 N): the sampled masks hold the
+      schedule's sparsity in expectation, the eval mask exactly, and no L0
+      penalty is needed.
 
     S starts at ``|W| / mean|W|`` (the magnitude mask, on a scale of 1) and
     takes plain SGD steps normalised per tensor, ``S -= lr_S * g / rms(g)``,
     so that its only state is S itself: 4 bytes per prunable weight in fp32,
     2 with ``score_dtype=torch.bfloat16``. After t_e the mask is fixed (S no
-    longer moves) and the head trains on.
+    longer moves, and the mask is recomputed as ``1[S > tau]`` in each
+    forward pass rather than stored) and the head trains on.
 
     Args:
         model: the model that owns ``weights``.
@@ -161,10 +167,11 @@ class AdaptByPruning(torch.optim.Optimizer):
         self.on_nonfinite = on_nonfinite
         self.score_dtype = score_dtype
         self._gen = torch.Generator().manual_seed(self.seed)
-        self._tau = -math.inf
+        self._tau = -math.inf  # the exact k-th smallest S: the binary mask keeps S > tau
+        self._hc_tau = -math.inf  # hard-concrete's offset c_t (see the class docstring)
         self._t = 0
         self._skipped = 0
-        self._final_masks = None
+        self._fixed = False
         with torch.no_grad():
             scale = torch.cat([w.detach().float().abs().reshape(-1) for w in weights]).mean().clamp_min(1e-30)
         self._masks_modules = []
@@ -192,15 +199,30 @@ class AdaptByPruning(torch.optim.Optimizer):
         n = sum(s.numel() for s in scores)
         k = self.schedule.num_pruned(t, n)
         if k == 0:
-            self._tau = -math.inf
+            self._tau = self._hc_tau = -math.inf
             return
         flat = torch.cat([s.detach().float().reshape(-1) for s in scores]).cpu()
         self._tau = float(torch.kthvalue(flat, k).values)
+        if self.relaxation == "hard_concrete":
+            self._hc_tau = _expected_keep_offset(flat, n - k, self._gate_shift(), start=self._tau)
+
+    def _gate_shift(self):
+        """-beta log(-gamma / zeta): P(z > 0) = sigmoid(log alpha + this)."""
+        lo, hi = self.stretch
+        return -self.temperature * math.log(-lo / hi)
+
+    def expected_sparsity(self):
+        """The expected fraction of zero gates of a hard-concrete sample
+        (training mode) under the current offset; for ``"topk"`` and after
+        the mask is fixed, the sparsity of the binary mask."""
+        if self.relaxation != "hard_concrete" or self._fixed:
+            return self.sparsity()["overall"]
+        flat = torch.cat([s.detach().float().reshape(-1) for s in self._scores()])
+        keep = torch.sigmoid(flat - self._hc_tau + self._gate_shift()).double().sum()
+        return 1.0 - float(keep) / flat.numel()
 
     def masks(self):
         """The current keep-mask of every masked weight (bool)."""
-        if self._final_masks is not None:
-            return [self._final_masks[id(m)].clone() for m in self._masks_modules]
         return [m.scores.detach() > self._tau for m in self._masks_modules]
 
     def scores(self):
@@ -243,7 +265,7 @@ class AdaptByPruning(torch.optim.Optimizer):
                 self._adamw(group)
         if t == sch.t_e:
             self._update_threshold(t)
-            self._final_masks = {id(m): (m.scores.detach() > self._tau) for m in self._masks_modules}
+            self._fixed = True
         elif t < sch.t_e and ((t + 1) % self.mask_interval == 0 or sch.is_event(t + 1)):
             self._update_threshold(t + 1)
         self._t += 1
@@ -262,7 +284,7 @@ class AdaptByPruning(torch.optim.Optimizer):
 
     @property
     def mask_fixed(self):
-        return self._final_masks is not None
+        return self._fixed
 
     def sparsity(self):
         """Fraction of masked-out weights of the current mask, as
@@ -282,8 +304,8 @@ class AdaptByPruning(torch.optim.Optimizer):
 
     def state_dict(self):
         sd = super().state_dict()
-        record = json.dumps(dict(t=self._t, tau=self._tau, skipped=self._skipped, hyper=self._hyper(),
-                                 fixed=self._final_masks is not None))
+        record = json.dumps(dict(t=self._t, tau=self._tau, hc_tau=self._hc_tau, skipped=self._skipped,
+                                 hyper=self._hyper(), fixed=self._fixed))
         for group in sd["param_groups"]:
             group["mgpp"] = record
         sd["generator"] = self._gen.get_state()
@@ -305,10 +327,42 @@ class AdaptByPruning(torch.optim.Optimizer):
         gen = state_dict.pop("generator", None)
         super().load_state_dict(state_dict)
         self._t, self._tau, self._skipped = int(rec["t"]), float(rec["tau"]), int(rec["skipped"])
+        if "hc_tau" in rec:
+            self._hc_tau = float(rec["hc_tau"])
+        elif self.relaxation == "hard_concrete" and not rec["fixed"]:
+            # a checkpoint from before the offset was recorded: derive it
+            # from the loaded scores at this step's sparsity
+            flat = torch.cat([s.detach().float().reshape(-1) for s in self._scores()]).cpu()
+            k = self.schedule.num_pruned(self._t, flat.numel())
+            self._hc_tau = (_expected_keep_offset(flat, flat.numel() - k, self._gate_shift(), start=self._tau)
+                            if k else -math.inf)
         if gen is not None:
             self._gen.set_state(gen)
-        self._final_masks = ({id(m): (m.scores.detach() > self._tau) for m in self._masks_modules}
-                             if rec["fixed"] else None)
+        self._fixed = bool(rec["fixed"])
+
+
+def _expected_keep_offset(scores, keep, shift, start, max_iter=100):
+    """The offset c with sum_i sigmoid(scores_i - c + shift) = keep: the
+    root of a decreasing function of c, by Newton steps kept inside a
+    shrinking bracket (bisection where a step would leave it). Sums in
+    float64; converged within half a weight or 1e-6 of the count."""
+    tol = max(0.5, 1e-6 * scores.numel())
+    lo = float(scores.min()) + shift - 60.0  # every probability ~1: the sum exceeds keep
+    hi = float(scores.max()) + shift + 60.0  # every probability ~0: the sum is below keep
+    c = min(max(start + shift, lo), hi)
+    for _ in range(max_iter):
+        p = torch.sigmoid(scores - c + shift)
+        f = float(p.double().sum()) - keep
+        if abs(f) <= tol:
+            break
+        if f > 0:  # too many kept: c must grow
+            lo = c
+        else:
+            hi = c
+        slope = float((p * (1 - p)).double().sum())
+        step = c + f / slope if slope > 0 else math.nan
+        c = step if lo < step < hi else 0.5 * (lo + hi)
+    return c
 
 
 def _owners(model, weights):
