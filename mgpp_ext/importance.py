@@ -12,8 +12,9 @@ weights ``params`` of a model (usually ``prunable_param_groups(model)[0]
   output unit's weights are weighed by how active that unit is);
 - ``smooth_cut``: |W * g~|, g~ the gradient averaged over ``passes`` noisy
   passes per batch, with N(0, noise_std^2) noise added to the output of
-  every module (not to embeddings, LayerNorms or dropout), which smooths
-  the loss surface the gradient is taken on.
+  every module that holds a weight or a bias (not to embeddings or
+  normalisation layers), which smooths the loss surface the gradient is
+  taken on.
 
 ``masks_from_scores`` turns scores into keep-masks at a sparsity, with one
 global threshold or one per tensor (the exact k-th smallest score; ties at
@@ -23,6 +24,13 @@ fine-tunes with them.
 ``loss_fn(model, batch)`` returns the scalar loss of one batch. The model's
 parameters and their ``.grad`` are left as they were; the scores are
 computed in eval mode (no dropout), and the mode is restored.
+
+Two choices differ from DeepCuts' code, and are deliberate: its gradients
+are taken in train mode (dropout adds noise of its own to every score, and
+to Smooth-Cut's smoothing), and over several calibration batches it sums
+the per-batch scores |W * g_b (* a_b)|, where here g and a are averaged
+over all batches first, so each score is the formula above on the whole
+calibration set.
 """
 from __future__ import annotations
 
@@ -33,7 +41,18 @@ import torch
 
 __all__ = ["magnitude", "taylor", "cam_cut", "smooth_cut", "masks_from_scores", "SCORES"]
 
-_NO_NOISE = (torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.Dropout)
+_NO_NOISE = (torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.RMSNorm)
+
+
+def _noised(model):
+    """The modules whose outputs Smooth-Cut perturbs: those holding a weight
+    or a bias of their own (linear layers, GPT-2's Conv1D), but embeddings
+    and normalisation layers (``*Norm`` classes, as Llama's RMSNorm), as in
+    DeepCuts' code; parameter-free modules (activations, dropout) and
+    containers are not perturbed, so no output is perturbed twice."""
+    return [m for m in model.modules()
+            if (m._parameters.get("weight") is not None or m._parameters.get("bias") is not None)
+            and not isinstance(m, _NO_NOISE) and not type(m).__name__.endswith("Norm")]
 
 
 def _check_params(model, params):
@@ -163,8 +182,9 @@ def cam_cut(model, params, batches, loss_fn):
 def smooth_cut(model, params, batches, loss_fn, *, passes=10, noise_std=1e-3, seed=0):
     """Smooth-Cut: |W * g~|, g~ the loss gradient averaged over ``passes``
     passes per batch, each with fresh N(0, noise_std^2) noise added to the
-    output of every leaf module but embeddings, LayerNorms and dropout.
-    DeepCuts writes the noise as N(0, 1e-3); it is read here as a standard
+    output of every module with a weight or bias of its own but embeddings
+    and normalisation layers. DeepCuts writes the noise as N(0, 1e-3), and
+    its code adds ``1e-3 * randn`` to those modules' outputs: a standard
     deviation of 1e-3 (``noise_std``). ``seed`` fixes the noise."""
     params = _check_params(model, params)
     batches = _check_batches(batches)
@@ -181,10 +201,9 @@ def smooth_cut(model, params, batches, loss_fn, *, passes=10, noise_std=1e-3, se
         noise = torch.randn(out.shape, generator=gen, device="cpu", dtype=torch.float32)
         return out + (noise_std * noise).to(out.device, out.dtype)
 
-    leaves = [m for m in model.modules() if not list(m.children()) and not isinstance(m, _NO_NOISE)]
     with _scoring(model, params):
         gen = torch.Generator().manual_seed(seed)
-        handles = [m.register_forward_hook(add_noise) for m in leaves]
+        handles = [m.register_forward_hook(add_noise) for m in _noised(model)]
         try:
             grads = _mean_gradients(model, params, batches, loss_fn, passes=passes)
         finally:

@@ -43,12 +43,12 @@ def loss_fn(model, batch):
 
 def manual(model, ids, noise=None):
     """The forward pass by hand: (fc1 output, fc2 output per token, logits);
-    ``noise(shape)`` is added to every leaf's output but emb and norm."""
+    ``noise(shape)`` is added to the outputs of the modules with weights
+    but emb and norm: fc1 and fc2 (not the parameter-free ReLU)."""
     n = noise or (lambda shape: 0.0)
     h1 = torch.nn.functional.linear(model.emb(ids), model.fc1.weight, model.fc1.bias)
     h1 = h1 + n(h1.shape)
     a = torch.relu(h1)
-    a = a + n(a.shape)
     z = model.norm(a)
     h2 = torch.nn.functional.linear(z, model.fc2.weight, model.fc2.bias)
     h2 = h2 + n(h2.shape)
@@ -233,3 +233,24 @@ def test_bad_input_refused_by_name():
         FixedMask(w, [torch.ones(4, 4, dtype=torch.bool)] * 2)
     with pytest.raises(ValueError, match="no weight"):
         FixedMask(w, [torch.zeros(4, 4, dtype=torch.bool)])
+
+
+def test_smooth_cut_perturbs_the_modules_with_weights_only():
+    """On real architectures: BERT's and GPT-2's linear layers (Conv1D) and
+    the classifier, not embeddings, LayerNorms, Llama's RMSNorm,
+    activations, dropout or containers."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+    bert = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        num_labels=3))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=2, n_head=2,
+                                                                 n_positions=16))
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2))
+    for model, kinds in ((bert, (torch.nn.Linear,)), (gpt2, (Conv1D, torch.nn.Linear)),
+                         (llama, (torch.nn.Linear,))):
+        got = {id(m) for m in importance._noised(model)}
+        want = {id(m) for m in model.modules() if isinstance(m, kinds)}
+        assert got == want, type(model).__name__

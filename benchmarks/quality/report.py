@@ -234,7 +234,7 @@ def scores_markdown(runs):
         if base:
             lines.append(f"| global (the grid's) | {base[0]['val_accuracy']:.4f} |")
         lines.append(f"| per tensor | {scope[0]['val_accuracy']:.4f} |")
-    imp = [r for r in runs if r["method"] in IMPORTANCE and r["task"] == "trec"]
+    imp = [r for r in runs if r["method"] in IMPORTANCE and r["task"] == "trec" and not r.get("study")]
     if imp:
         sps = sorted({r["sparsity"] for r in imp})
         lines += ["", "One-shot scores, prune, then fine-tune with the fixed mask (DeepCuts' pipeline: dense "
@@ -258,7 +258,7 @@ def scores_markdown(runs):
                                      and r["seed"] == 0 and all(r.get(k) == v for k, v in kw.items())]
                 lines.append(f"| {METHOD_NAMES[m]} | {test(pick(pipeline=None, scope=None))} | "
                              f"{test(pick(pipeline='plain'))} | {test(pick(scope='layer'))} |")
-    abp = [r for r in runs if r["method"] == "adapt_by_pruning" and r["task"] == "trec"]
+    abp = [r for r in runs if r["method"] == "adapt_by_pruning" and r["task"] == "trec" and not r.get("study")]
     if abp:
         sps = sorted({r["sparsity"] for r in abp})
         lines += ["", "Adapting by pruning (the encoder frozen; a mask over its weights and the head learned), "
@@ -271,7 +271,8 @@ def scores_markdown(runs):
             if rows:
                 cells = [test([r for r in rows if r["sparsity"] == x]) for x in sps]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    spam = [r for r in runs if r["task"] == "spam" and (r["method"] in IMPORTANCE or r["method"] == "adapt_by_pruning")]
+    spam = [r for r in runs if r["task"] == "spam" and not r.get("study")
+            and (r["method"] in IMPORTANCE or r["method"] == "adapt_by_pruning")]
     if spam:
         lines += ["", "SMS spam, test F1 of the spam class:", "", "| run | sparsity | test F1 |", "|---|---|---|"]
         for m in IMPORTANCE + ("adapt_by_pruning",):

@@ -112,6 +112,10 @@ IMPORTANCE_METHODS = ("cam_cut", "smooth_cut", "taylor", "magnitude")
 IMPORTANCE_SPARSITIES = (0.5, 0.67, 0.75)
 CALIBRATION_BATCHES = 32
 SMOOTH_CUT = dict(passes=10, noise_std=1e-3)
+# Where Smooth-Cut's noise goes (recorded, so rows run before the noise was
+# kept to the modules with weights, as in DeepCuts' code, are told apart;
+# those stay in the results under study "smooth_cut_all_leaves").
+SMOOTH_CUT_NOISE_ON = "modules with a weight or bias"
 # Adapting by pruning: the encoder frozen, a mask learned over its weights
 # and the new head trained (at 10x the grid's lr: it is the only dense
 # part); 30/50/70% against the dense fine-tune; hard-concrete beside the
@@ -250,7 +254,7 @@ def settings(point):
         cfg["importance"] = dict(pipeline=point.get("pipeline", "rewind"), scope=point.get("scope", "global"),
                                  calibration_batches=CALIBRATION_BATCHES)
         if point["method"] == "smooth_cut":
-            cfg["importance"].update(SMOOTH_CUT)
+            cfg["importance"].update(SMOOTH_CUT, noise_on=SMOOTH_CUT_NOISE_ON)
     elif point["method"] == "admm":
         cfg["admm"] = {**ADMM, **(point.get("admm") or {})}
     elif point["method"] == "srste":
