@@ -500,6 +500,12 @@ def main(argv=None):
         rec = run_point(pt, torch.device(args.device), progress=not args.no_progress)
         rec["device"] = args.device
         rec["settings"] = settings(pt)
+        # read the file again: points finished meanwhile by another runner,
+        # or rows relabelled by hand, are kept
+        runs = load_results(args.results)
+        if key(pt) in {r["key"] for r in runs}:
+            print(f"{key(pt)} was finished meanwhile elsewhere; this run's result is not saved")
+            continue
         runs.append(rec)
         save_results(args.results, runs)
         if pt.get("study"):  # chosen on validation: the test numbers stay in the file, unread
