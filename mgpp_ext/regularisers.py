@@ -130,12 +130,19 @@ class AdmmProximal:
         from . import regulariser_ops as rops
 
         for p in fresh:
-            # A = 0 and M = 1 everywhere: U = 0, so the first projection is
-            # Z = Proj(W), U = W - Z.
+            # A = 0 and M = 1 everywhere (U = 0): the projection below makes
+            # Z = Proj(W) and M its mask.
             st = opt.state[p]
             st["admm_dual"] = torch.zeros_like(local(p), dtype=torch.float32)
             st["admm_dual_mask"] = rops.new_dual_mask(local(p)).fill_(255)
         self.project(opt)
+        # Zhang et al.'s start is Z0 = Proj(W0), U0 = 0. The projection also
+        # took the dual step, U = W0 - Z0, which would pull every dropped
+        # weight towards -W0 from the first step: clear U (A <- A M).
+        for p in fresh:
+            st = opt.state[p]
+            a = st["admm_dual"]
+            a.masked_fill_(~rops.unpack_dual_mask(st["admm_dual_mask"], a), 0.0)
 
     def fused_step(self, opt, ps, group, step, t, gate):
         from . import regulariser_ops as rops

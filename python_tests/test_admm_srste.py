@@ -80,11 +80,11 @@ def test_admm_lockstep_with_two_tensor_reference(pattern, dtype):
     k = None if nm else math.floor(pattern * n_total)
     t_e = total - ff - 1
     g = torch.Generator().manual_seed(1)
-    # Before step 0: Z = Proj(W), U = W - Z (the first projection, from U = 0).
+    # Before step 0: Z = Proj(W), U = 0 (Zhang et al.'s initialisation).
     w0 = [p.detach().float() for p in params]
     keep0 = project(w0, nm, [1] * 3, k)
     z = [w.masked_fill(~kp, 0.0) for w, kp in zip(w0, keep0)]
-    u = [w - zz for w, zz in zip(w0, z)]
+    u = [torch.zeros_like(w) for w in w0]
     for t in range(total):
         grads_for(params, g)
         if t > 0 and t <= t_e:  # the optimizer's state, as the reference's two tensors
@@ -177,6 +177,9 @@ def test_admm_resume_is_bitwise(pattern, dtype):
     (dict(rho_growth=0.5), "rho_growth"),
     (dict(pattern=1.5), "pattern"),
     (dict(pattern="2:3:4"), "'pattern'"),
+    (dict(pattern="tensor"), "ADMM: pattern must be an 'n:m' pattern"),
+    (dict(pattern="row"), "ADMM: pattern must be an 'n:m' pattern"),
+    (dict(pattern=None), "ADMM: pattern must be an 'n:m' pattern"),
     (dict(pattern="3:8", total_steps=10), None),  # valid
 ])
 def test_admm_bad_arguments_refused_by_name(kw, match):
@@ -186,6 +189,32 @@ def test_admm_bad_arguments_refused_by_name(kw, match):
         return
     with pytest.raises(ValueError, match=match):
         ADMM(params_of(torch.float32), **args)
+
+
+def test_admm_starts_from_z_proj_w_and_u_zero():
+    params = params_of(torch.float32)
+    opt = ADMM(params, **HP, total_steps=10, pattern="2:4", rho=0.1, admm_interval=4)
+    w0 = [p.detach().clone() for p in params]
+    opt.regulariser.before_step(opt, 0)  # what the first step does before its update
+    for p, w, keep in zip(params, w0, project(w0, (2, 4), [1] * 3)):
+        z, u = admm_zu(opt, p)
+        assert torch.equal(z, w.masked_fill(~keep, 0.0)) and not u.any()
+
+
+def test_admm_set_total_steps_moves_the_hard_projection():
+    """A trainer that knows the run length late (the Hugging Face callback)
+    gets one hard projection at the new t_e, not an event every step."""
+    params = params_of(torch.float32)
+    opt = ADMM(params, **HP, total_steps=100, pattern="2:4", rho=0.1, admm_interval=10, final_finetune_steps=20)
+    opt.set_total_steps(200)
+    sch = opt.schedule
+    assert (sch.total_steps, sch.t_e, sch.final_finetune_steps) == (200, 179, 20)
+    assert [t for t in range(200) if sch.is_event(t)] == [179]
+    g = torch.Generator().manual_seed(0)
+    grads_for(params, g)
+    opt.step()
+    with pytest.raises(RuntimeError, match="already taken"):
+        opt.set_total_steps(300)
 
 
 def test_admm_pattern_must_divide_input_dim():
@@ -268,6 +297,8 @@ def test_srste_resume_is_bitwise(dtype):
     (dict(mask_interval=0), "mask_interval must be >= 1"),
     (dict(pattern=None), "pattern must be an 'n:m'"),
     (dict(pattern="4:2"), "'n'"),
+    (dict(pattern="tensor"), "SRSTE: pattern must be an 'n:m'"),
+    (dict(pattern="global"), "SRSTE: pattern must be an 'n:m'"),
 ])
 def test_srste_bad_arguments_refused_by_name(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -54,12 +54,25 @@ class ADMM(PruningOptimizer):
             target, part = pattern, GlobalPattern()
         else:
             part = NMPattern.parse(pattern)
+            if not isinstance(part, NMPattern):
+                raise ValueError(f"ADMM: pattern must be an 'n:m' pattern such as '2:4' or a float sparsity in "
+                                 f"(0, 1) for one global threshold, got {pattern!r}")
             target = 1.0 - part.n / part.m
         regulariser = AdmmProximal(rho, admm_interval, rho_growth)
         check_on_nonfinite(on_nonfinite)
         schedule = Schedule.one_shot(total_steps, final_finetune_steps, target)
         super().__init__(params, lr, betas, eps, weight_decay, schedule=schedule, score=Magnitude(),
                          pattern=part, regulariser=regulariser, on_nonfinite=on_nonfinite)
+
+    def set_total_steps(self, total_steps):
+        """Set the run length before the first step (for trainers that know
+        it late): the hard projection moves to the new t_e, the
+        fine-tuning length stays."""
+        self._settle()
+        if self._t != 0:
+            raise RuntimeError(f"ADMM.set_total_steps: {self._t} steps were already taken")
+        sch = self.schedule
+        self.schedule = Schedule.one_shot(total_steps, sch.final_finetune_steps, sch.target_sparsity)
 
     @property
     def current_rho(self):

@@ -46,6 +46,8 @@ class SRSTE(PruningOptimizer):
         if pattern is None:
             raise ValueError("pattern must be an 'n:m' pattern such as '2:4', got None")
         part = NMPattern.parse(pattern)
+        if not isinstance(part, NMPattern):
+            raise ValueError(f"SRSTE: pattern must be an 'n:m' pattern such as '2:4', got {pattern!r}")
         regulariser = SrsteDecay(lambda_w)
         check_on_nonfinite(on_nonfinite)
         schedule = EveryStep(target_sparsity=1.0 - part.n / part.m, mask_interval=mask_interval)
