@@ -378,29 +378,34 @@ def nm_markdown(runs):
         for value, acc in sorted(rows):
             mark = " (the grid's)" if base and value == GRID_ADMM["rho"] else ""
             lines.append(f"| {value:g}{mark} | {acc:.4f} |")
-    lines += admm_rho_grid_markdown(runs)
+    lines += admm_start_markdown(runs)
     return "\n".join(lines)
 
 
-def admm_rho_grid_markdown(runs):
-    """ADMM's cells run first with rho 0.1 (study ``admm_rho_grid``) beside
-    the same cells with the grid's rho, where both exist."""
-    old = [r for r in runs if r.get("study") == "admm_rho_grid"]
+def admm_start_markdown(runs):
+    """ADMM's cells run from U = W - Proj(W) (study ``admm_u0_dual``, before
+    the fix to Zhang et al.'s U = 0) beside the same cell and rho from U = 0,
+    where both exist."""
+    old = [r for r in runs if r.get("study") == "admm_u0_dual"]
+    level = lambda r: r.get("pattern") or r["sparsity"]  # noqa: E731
     pairs = []
     for r in old:
-        level = r.get("pattern") or r["sparsity"]
-        new = [x for x in runs if x["method"] == "admm" and not x.get("study") and x["seed"] == r["seed"]
-               and (x.get("pattern") or x["sparsity"]) == level]
+        new = [x for x in runs if x["method"] == "admm" and x.get("study") != "admm_u0_dual"
+               and x["seed"] == r["seed"] and level(x) == level(r) and x["task"] == r["task"]
+               and x["settings"]["admm"] == r["settings"]["admm"]]
         if new:
             pairs.append((r, new[0]))
     if not pairs:
         return []
-    lines = ["", "ADMM's cells with rho 0.1 (run before the rho study) and with the grid's rho 0.01, "
-             "val / test accuracy:", "", "| cell | seed | rho 0.1 | rho 0.01 |", "|---|---|---|---|"]
-    order = lambda p: (isinstance(p[0].get("pattern"), str), p[0].get("pattern") or "", p[0]["sparsity"], p[0]["seed"])  # noqa: E731
+    lines = ["", "ADMM started from U = W - Proj(W) (the first rows) and from Zhang et al.'s U = 0 "
+             "(the grid's now), same cell and rho, val / test accuracy:", "",
+             "| cell | seed | rho | U = W - Proj(W) | U = 0 |", "|---|---|---|---|---|"]
+    order = lambda p: (isinstance(level(p[0]), str), str(level(p[0])), p[0]["seed"],  # noqa: E731
+                       p[0]["settings"]["admm"]["rho"])
     for r, n in sorted(pairs, key=order):
-        level = r.get("pattern") or f"{r['sparsity']:.0%}"
-        lines.append(f"| {level} | {r['seed']} | {r['val_accuracy']:.3f} / {r['test_accuracy']:.3f} | "
+        cell = r.get("pattern") or f"{r['sparsity']:.0%}"
+        lines.append(f"| {cell} | {r['seed']} | {r['settings']['admm']['rho']:g} | "
+                     f"{r['val_accuracy']:.3f} / {r['test_accuracy']:.3f} | "
                      f"{n['val_accuracy']:.3f} / {n['test_accuracy']:.3f} |")
     return lines
 

@@ -91,11 +91,13 @@ NM_PATTERNS = ("2:4", "4:8", "1:4")
 NM_METHODS = ("oneshot", "gmp", "mgpp", "platon", "admm", "srste")
 # ADMM: projections every 30 steps (4.5 per epoch), the hard projection
 # 1.5 epochs before the end (the other methods' fixed-mask phase); rho
-# chosen on TREC validation at 2:4, seed 0 (study "admm_rho": 0.01 0.929,
-# 0.1 0.922, 1.0 0.905). Rows run earlier with rho 0.1 stay in the results
-# under study "admm_rho_grid", keyed ".../rho=0.1".
+# chosen on TREC validation at 2:4, seed 0 (study "admm_rho"). ADMM starts
+# from Z = Proj(W), U = 0 (Zhang et al.); rows run before that, from
+# U = W - Proj(W), stay in the results under study "admm_u0_dual", keyed
+# ".../u0=dual" (with their rho in their settings).
 ADMM = dict(rho=0.01, admm_interval=30, rho_growth=1.0)
 ADMM_RHOS = (0.1, 1.0)  # beside ADMM["rho"]
+ADMM_START = "Z=Proj(W), U=0"
 SRSTE = dict(lambda_w=2e-4, mask_interval=1)
 # The score-based neighbours (issue: movement, MGPP + PLATON) beside the
 # grid's methods, and the length study: 90% with three times the epochs.
@@ -173,8 +175,8 @@ def points(only=None, seeds=SEEDS):
                 + long(seeds[0]) + scores(seeds[0], (0.8, 0.95))
                 + scores(seeds[0], (0.9,), "spam")
                 + [pt for seed in seeds[1:] for pt in scores(seed, (0.9, 0.8, 0.95)) + scores(seed, (0.9,), "spam")])
-    if only == "nm":
-        return [pt for seed in seeds for pt in nm(seed)[:6]] + nm_study + [
+    if only == "nm":  # the validation studies first: they choose settings the rows use
+        return nm_study + [pt for seed in seeds for pt in nm(seed)[:6]] + [
             pt for seed in seeds for pt in nm(seed)[6:]]
     out = []
     for seed in first:
@@ -257,6 +259,7 @@ def settings(point):
             cfg["importance"].update(SMOOTH_CUT, noise_on=SMOOTH_CUT_NOISE_ON)
     elif point["method"] == "admm":
         cfg["admm"] = {**ADMM, **(point.get("admm") or {})}
+        cfg["admm_start"] = ADMM_START
     elif point["method"] == "srste":
         cfg["srste"] = dict(SRSTE)
     if point.get("pattern"):
