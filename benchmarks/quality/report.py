@@ -449,11 +449,33 @@ def nm_plot(runs, out_dir):
     plt.close(fig)
 
 
+def current_runs(runs):
+    """The rows whose recorded settings are what run_grid.py would run for
+    their key now, and the study rows kept beside them (keys run_grid no
+    longer makes); a row of a current key run with other settings is left
+    out with a warning, so a stale run never reaches a table."""
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    import run_grid
+
+    by_key = {run_grid.key(pt): pt for pt in run_grid.points()}
+    keep = []
+    for r in runs:
+        pt = by_key.get(r["key"])
+        if pt is not None and r.get("settings") is not None and r["settings"] != run_grid.settings(pt):
+            print(f"warning: {r['key']} was run with other settings than run_grid.py's; left out")
+            continue
+        keep.append(r)
+    return keep
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--results", type=Path, default=HERE / "results.json")
     args = p.parse_args(argv)
     doc = json.loads(args.results.read_text())
+    doc["runs"] = current_runs(doc["runs"])
     # n:m runs (a "pattern") have their own table; they must not land in the
     # unstructured columns of the same sparsity.
     runs = [r for r in doc["runs"] if not r.get("pattern")]

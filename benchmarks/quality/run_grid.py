@@ -41,10 +41,14 @@ the batch order):
   a mask over its weights and the head learned) at 30%, 50% and 70%, beside
   the dense fine-tune; hard-concrete beside straight-through top-k at 50%.
 
-All methods share the schedule (warm-up 1 epoch, events every 10 steps, a
-fixed mask for the last 1.5 epochs), the learning rate and its schedule, the
-batches, the data pipeline and the threshold code; the method is the only
-difference. Hyper-parameters were chosen on validation data only.
+The gradual methods (GMP, PLATON, MGPP, Movement, MGPP + PLATON, and the
+n:m paths of the first three) share the schedule (warm-up 1 epoch, events
+every 10 steps, a fixed mask for the last 1.5 epochs); ADMM projects every
+30 steps and prunes once 1.5 epochs before the end; SR-STE, one-shot n:m,
+the fixed masks of the one-shot scores and adapting by pruning hold their
+sparsity from the first step. Every method shares the learning rate and its
+schedule, the batches, the head's initialisation, the data pipeline and the
+threshold code. Hyper-parameters were chosen on validation data only.
 
 The runner is resumable: every finished point is appended to the results
 file at once, and points already there are skipped, so the grid can be
@@ -269,6 +273,25 @@ def settings(point):
     return cfg
 
 
+def _code_version():
+    """The commit this runner was started from, and whether the tree had
+    uncommitted changes then (recorded with every point)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "mgpp_ext", "csrc", "examples",
+                                "benchmarks/quality/run_grid.py"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
+CODE = _code_version()
+
+
 def load_results(path):
     if not path.exists():
         return []
@@ -319,9 +342,18 @@ def dense_finetuned(point, model, train_ds, val_ds, cfg, adam, total, steps_per_
     task and seed (the grid's dense run), trained once and cached."""
     import copy
 
-    path = CACHE / f"{point['task']}_seed{point['seed']}_dense.pt"
+    import hashlib
+
+    # named by the training settings too, so a changed setting never reuses
+    # an old dense model
+    tag = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
+    path = CACHE / f"{point['task']}_seed{point['seed']}_dense_{tag}.pt"
     if path.exists():
         return torch.load(path, map_location=device)
+    # the dense run draws dropout from the global generator: put it back
+    # afterwards, so the retrain that follows draws the same masks whether
+    # the dense model was cached or trained just now
+    rng = torch.random.get_rng_state()
     dense = copy.deepcopy(model)
     opt = ft.make_adamw([p for p in dense.parameters() if p.requires_grad], adam)
     scheduler = ft.linear_schedule(opt, int(round(cfg["lr_warmup"] * total)), total)
@@ -330,6 +362,7 @@ def dense_finetuned(point, model, train_ds, val_ds, cfg, adam, total, steps_per_
     ft.train(dense, opt, scheduler, train_ds, val_ds, args, data, device,
              desc=f"{point['task']}/dense/seed{point['seed']} (for rewinding)",
              steps_per_epoch=steps_per_epoch, total_steps=total, pruning=False)
+    torch.random.set_rng_state(rng)
     CACHE.mkdir(parents=True, exist_ok=True)
     state = dense.state_dict()
     torch.save(state, path)
@@ -503,6 +536,7 @@ def main(argv=None):
         rec = run_point(pt, torch.device(args.device), progress=not args.no_progress)
         rec["device"] = args.device
         rec["settings"] = settings(pt)
+        rec["code"] = CODE
         # read the file again: points finished meanwhile by another runner,
         # or rows relabelled by hand, are kept
         runs = load_results(args.results)
