@@ -27,6 +27,11 @@ class SRSTE(PruningOptimizer):
     ``mask_interval`` steps and writes W * M into the parameters: the next
     backward pass's gradient is exactly the straight-through one.
 
+    The decay is part of the gradient AdamW normalises (as in the paper,
+    where it changes the gradient SGD takes), so its strength relative to
+    the loss gradient differs from the paper's SGD runs: 2e-4 was chosen
+    there, not for AdamW.
+
     Args:
         params, lr, betas, eps, weight_decay: as ``torch.optim.AdamW``.
         pattern: ``"n:m"``, e.g. ``"2:4"``.
