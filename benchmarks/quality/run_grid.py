@@ -100,7 +100,7 @@ NM_METHODS = ("oneshot", "gmp", "mgpp", "platon", "admm", "srste")
 # U = W - Proj(W), stay in the results under study "admm_u0_dual", keyed
 # ".../u0=dual" (with their rho in their settings).
 ADMM = dict(rho=0.01, admm_interval=30, rho_growth=1.0)
-ADMM_RHOS = (0.1, 1.0)  # beside ADMM["rho"]
+ADMM_RHOS = (0.001, 0.1, 1.0)  # beside ADMM["rho"]
 ADMM_START = "Z=Proj(W), U=0"
 SRSTE = dict(lambda_w=2e-4, mask_interval=1)
 # The score-based neighbours (issue: movement, MGPP + PLATON) beside the
