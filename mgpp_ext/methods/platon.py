@@ -25,7 +25,11 @@ class PLATON(PruningOptimizer):
         score = Ibar * U
 
     and at an event the ``floor(s_t * N)`` weights with the smallest score
-    (ties at the threshold included) are zeroed. Everything else (AdamW,
+    (ties at the threshold included) are zeroed. The window follows
+    ALGORITHM.md and the official PLATON code (its local-window update);
+    the paper's text updates Ibar and U every step, so with b1 = 0.85 and a
+    window of 100 steps Ibar here remembers about 7 windows, not 7 steps,
+    and U measures the variation between window means. Everything else (AdamW,
     schedule, final mask) is MGPP's, without the prior.
 
     A step in which a weight has no gradient adds 0 to its window (the
