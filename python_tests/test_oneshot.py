@@ -385,3 +385,30 @@ def test_sublayers_fed_one_input_share_their_statistics():
         ["mlp.down_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["self_attn.k_proj", "self_attn.q_proj",
                                                               "self_attn.v_proj"], ["self_attn.o_proj"]]
     assert all(s.tokens == 6 * 12 for s in stats.values())  # each input counted once
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_layer_replay_matches_the_model(arch, attn):
+    """Every layer re-run from the captured layer-0 call gives the model's
+    own hidden states: GPT-2 passes its causal mask to each block as a
+    positional argument (under eager attention it is a real tensor), and a
+    replay without it would attend both ways."""
+    from mgpp_ext.oneshot.model import decoder_layers, layer0_inputs, layer_output
+
+    model = MODELS[arch]()
+    model.set_attn_implementation(attn)
+    calib = calibration()
+    layers = decoder_layers(model)
+    want = []
+    hooks = [layer.register_forward_hook(lambda m, a, out: want.append(layer_output(out))) for layer in layers]
+    with torch.no_grad():
+        model(input_ids=calib, use_cache=False)
+    for h in hooks:
+        h.remove()
+    inputs = layer0_inputs(model, layers, calib, batch_size=calib.shape[0])
+    (hidden, kwargs), = inputs
+    with torch.no_grad():
+        for layer, expected in zip(layers, want):
+            hidden = layer_output(layer(hidden, **kwargs))
+            torch.testing.assert_close(hidden, expected, rtol=0, atol=0)

@@ -2,6 +2,8 @@
 walks: its decoder layers, their linear sublayers, and the inputs of layer 0."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -55,11 +57,23 @@ def layer0_inputs(model, layers, calibration, batch_size):
     per batch of calibration rows (the model run stops there)."""
     first = layers[0]
     seen = []
+    signature = inspect.signature(first.forward)
 
     def grab(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_value", "past_key_values",
-                                                                  "layer_past", "use_cache")}
+        # Positional arguments after the hidden states (GPT-2 passes its
+        # causal mask so) are bound to their names, so that every re-run
+        # of a layer as ``layer(hidden, **kwargs)`` gets them too.
+        bound = signature.bind_partial(*args, **kwargs)
+        named = dict(bound.arguments)
+        for name, param in signature.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(named.pop(name, {}))
+            elif param.kind is inspect.Parameter.VAR_POSITIONAL and named.get(name):
+                raise RuntimeError(f"model: decoder layer 0 took extra positional arguments {name}; "
+                                   "cannot replay its call")
+        hidden = named.pop(next(iter(signature.parameters)))
+        kwargs = {k: v for k, v in named.items() if k not in ("past_key_value", "past_key_values",
+                                                                "layer_past", "use_cache")}
         seen.append((hidden, kwargs))
         raise _Stop
 
