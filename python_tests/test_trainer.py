@@ -185,3 +185,22 @@ def test_mgpp_callback_is_first():
     cb = add_mgpp_callback(trainer)
     assert trainer.callback_handler.callbacks[0] is cb
     assert isinstance(cb, MGPPCallback)
+
+
+@pytest.mark.parametrize("make", ["srste", "fixed_mask", "admm"])
+def test_callback_takes_methods_without_or_with_other_run_lengths(make, capsys):
+    """SRSTE and FixedMask have no run length (their schedules keep one
+    mask from the start); ADMM's is a one-shot schedule. The callback's
+    start and its logs work for each."""
+    from types import SimpleNamespace
+
+    params = [torch.nn.Parameter(torch.randn(8, 8))]
+    opt = {"srste": lambda: mgpp_ext.SRSTE(params, pattern="2:4"),
+           "fixed_mask": lambda: mgpp_ext.FixedMask(params, [torch.rand(8, 8) > 0.5]),
+           "admm": lambda: mgpp_ext.ADMM(params, total_steps=20, pattern="2:4", final_finetune_steps=5)}[make]()
+    cb = MGPPCallback()
+    cb.on_train_begin(None, SimpleNamespace(max_steps=10), None, optimizer=opt)
+    logs = {}
+    cb.on_log(None, SimpleNamespace(max_steps=10), None, logs=logs, optimizer=opt)
+    assert "mgpp/sparsity" in logs
+    assert ("total_steps=20" in capsys.readouterr().out) == (make == "admm")

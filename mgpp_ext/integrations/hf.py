@@ -90,9 +90,10 @@ class MGPPCallback(TrainerCallback):
         opt = unwrap_optimizer(optimizer)
         if opt is None:
             return
+        total = getattr(opt.schedule, "total_steps", None)  # None: no run length (SRSTE, FixedMask)
         if getattr(opt, "total_steps_deferred", False):
             opt.set_total_steps(int(state.max_steps))
-        elif opt.schedule.total_steps != state.max_steps and opt.current_step == 0:
+        elif total is not None and total != state.max_steps and opt.current_step == 0:
             # Not an error: the user may prune on a shorter horizon on purpose.
             print(f"MGPPCallback: optimizer total_steps={opt.schedule.total_steps} but the "
                   f"Trainer will take {state.max_steps} optimizer steps")
