@@ -256,7 +256,7 @@ def scores_markdown(runs):
                   "| score | " + " | ".join(f"{x:.0%} ({1 / (1 - x):.0f}x)" for x in sps) + " |",
                   "|---|" + "---|" * len(sps)]
         if dense:
-            lines.append(f"| dense AdamW (0%) | {test(dense)} |" + " |" * (len(sps) - 1))
+            lines.append(f"| dense AdamW (0%) | " + " | ".join([test(dense)] * len(sps)) + " |")
         for m in IMPORTANCE:
             cells = [test([r for r in imp if r["method"] == m and r["sparsity"] == x
                            and not r.get("pipeline") and not r.get("scope")]) for x in sps]
@@ -278,7 +278,7 @@ def scores_markdown(runs):
                   "TREC-6, test accuracy, mean +- std over seeds (n = seeds run):", "",
                   "| run | " + " | ".join(f"{x:.0%}" for x in sps) + " |", "|---|" + "---|" * len(sps)]
         if dense:
-            lines.append(f"| dense fine-tune (0%) | {test(dense)} |" + " |" * (len(sps) - 1))
+            lines.append(f"| dense fine-tune (0%) | " + " | ".join([test(dense)] * len(sps)) + " |")
         for rel, name in (("topk", "straight-through top-k"), ("hard_concrete", "hard-concrete")):
             rows = [r for r in abp if r.get("relaxation", "topk") == rel]
             if rows:
@@ -355,7 +355,7 @@ def nm_markdown(runs):
     dense = [r["test_accuracy"] for r in runs if r["task"] == "trec" and r["method"] == "dense"
              and not r.get("study")]
     if dense:
-        lines.append(f"| dense AdamW (0%) | {_cell(dense)} |" + " |" * (len(pats) - 1))
+        lines.append("| dense AdamW (0%) | " + " | ".join([_cell(dense)] * len(pats)) + " |")
     for m in methods:
         cells = []
         for p in pats:
