@@ -88,12 +88,18 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         self._settle()
         if self._t != 0:
             raise RuntimeError(f"{type(self).__name__}.set_total_steps: {self._t} steps were already taken")
+        self.schedule = self._schedule_for(total_steps)
+
+    def _schedule_for(self, total_steps):
+        """This method's schedule over ``total_steps`` steps (the cubic
+        schedule with every other setting kept; a method whose schedule is
+        built otherwise overrides this)."""
         d = self.schedule.as_dict()
         if "total_steps" not in d:
             raise RuntimeError(f"{type(self).__name__}.set_total_steps: this method's schedule has no run length")
         d["total_steps"] = total_steps
         d["lambda_anneal"] = tuple(d["lambda_anneal"])
-        self.schedule = type(self.schedule)(**d)
+        return type(self.schedule)(**d)
 
     # -- groups and parameters ------------------------------------------------
     def add_param_group(self, param_group):

@@ -201,10 +201,14 @@ class AdaptByPruning(torch.optim.Optimizer):
         if k == 0:
             self._tau = self._hc_tau = -math.inf
             return
-        flat = torch.cat([s.detach().float().reshape(-1) for s in scores]).cpu()
+        flat = self._flat_scores()
         self._tau = float(torch.kthvalue(flat, k).values)
         if self.relaxation == "hard_concrete":
             self._hc_tau = _expected_keep_offset(flat, n - k, self._gate_shift(), start=self._tau)
+
+    def _flat_scores(self):
+        """Every score S in one fp32 CPU vector."""
+        return torch.cat([s.detach().float().reshape(-1) for s in self._scores()]).cpu()
 
     def _gate_shift(self):
         """-beta log(-gamma / zeta): P(z > 0) = sigmoid(log alpha + this)."""
@@ -217,7 +221,7 @@ class AdaptByPruning(torch.optim.Optimizer):
         the mask is fixed, the sparsity of the binary mask."""
         if self.relaxation != "hard_concrete" or self._fixed:
             return self.sparsity()["overall"]
-        flat = torch.cat([s.detach().float().reshape(-1) for s in self._scores()])
+        flat = self._flat_scores()
         keep = torch.sigmoid(flat - self._hc_tau + self._gate_shift()).double().sum()
         return 1.0 - float(keep) / flat.numel()
 
@@ -332,7 +336,7 @@ class AdaptByPruning(torch.optim.Optimizer):
         elif self.relaxation == "hard_concrete" and not rec["fixed"]:
             # a checkpoint from before the offset was recorded: derive it
             # from the loaded scores at this step's sparsity
-            flat = torch.cat([s.detach().float().reshape(-1) for s in self._scores()]).cpu()
+            flat = self._flat_scores()
             k = self.schedule.num_pruned(self._t, flat.numel())
             self._hc_tau = (_expected_keep_offset(flat, flat.numel() - k, self._gate_shift(), start=self._tau)
                             if k else -math.inf)

@@ -64,15 +64,11 @@ class ADMM(PruningOptimizer):
         super().__init__(params, lr, betas, eps, weight_decay, schedule=schedule, score=Magnitude(),
                          pattern=part, regulariser=regulariser, on_nonfinite=on_nonfinite)
 
-    def set_total_steps(self, total_steps):
-        """Set the run length before the first step (for trainers that know
-        it late): the hard projection moves to the new t_e, the
-        fine-tuning length stays."""
-        self._settle()
-        if self._t != 0:
-            raise RuntimeError(f"ADMM.set_total_steps: {self._t} steps were already taken")
+    def _schedule_for(self, total_steps):
+        """For ``set_total_steps``: the hard projection moves to the new
+        t_e, the fine-tuning length stays."""
         sch = self.schedule
-        self.schedule = Schedule.one_shot(total_steps, sch.final_finetune_steps, sch.target_sparsity)
+        return Schedule.one_shot(total_steps, sch.final_finetune_steps, sch.target_sparsity)
 
     @property
     def current_rho(self):
