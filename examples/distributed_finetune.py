@@ -14,6 +14,7 @@ already averaged: MGPP needs no communication at all.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import sys
@@ -141,3 +142,7 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # FSDP2 holds the process group in reference cycles: free it now, while the
+    # interpreter is whole. Left to interpreter exit, a gloo thread releasing
+    # the last collective's tensors can abort the process.
+    gc.collect()

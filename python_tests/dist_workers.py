@@ -1,4 +1,6 @@
 """Worker functions for the 2-process tests (spawned by test_distributed.py)."""
+import functools
+import gc
 import os
 
 import torch
@@ -79,17 +81,36 @@ def _init(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def ddp_worker(rank, world, port, lr, out_dir):
-    _init(rank, world, port)
-    try:
-        model = torch.nn.parallel.DistributedDataParallel(make_model())
-        opt = mgpp_ext.MGPP(model.parameters(), lr=lr, **HYPER)
-        thresholds = []
-        train(model, opt, batches(HYPER["total_steps"]), rank, world, thresholds)
-        state = {k.removeprefix("module."): v for k, v in model.state_dict().items()}
-        torch.save({"state": state, "thresholds": thresholds}, os.path.join(out_dir, f"ddp{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def in_process_group(body):
+    """``body(rank, world, *args)`` as an ``mp.spawn`` worker
+    ``(rank, world, port, *args)`` inside a gloo process group.
+
+    FSDP2 modules and device meshes hold the process group in reference
+    cycles, so it outlives ``destroy_process_group()`` until a garbage
+    collection. Left to the collection at interpreter exit, a gloo worker
+    thread that is still releasing the last collective's tensors needs the GIL
+    while Python finalises, and the process aborts ("terminate called without
+    an active exception"). Collecting once ``body``'s frame is gone frees the
+    group while the interpreter is whole."""
+    @functools.wraps(body)
+    def worker(rank, world, port, *args):
+        _init(rank, world, port)
+        try:
+            body(rank, world, *args)
+        finally:
+            dist.destroy_process_group()
+            gc.collect()
+    return worker
+
+
+@in_process_group
+def ddp_worker(rank, world, lr, out_dir):
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = mgpp_ext.MGPP(model.parameters(), lr=lr, **HYPER)
+    thresholds = []
+    train(model, opt, batches(HYPER["total_steps"]), rank, world, thresholds)
+    state = {k.removeprefix("module."): v for k, v in model.state_dict().items()}
+    torch.save({"state": state, "thresholds": thresholds}, os.path.join(out_dir, f"ddp{rank}.pt"))
 
 
 def sharded_model(mesh):
@@ -104,45 +125,42 @@ def sharded_model(mesh):
     return model
 
 
-def fsdp_worker(rank, world, port, lr, out_dir, resume_at=None, method="mgpp"):
+@in_process_group
+def fsdp_worker(rank, world, lr, out_dir, resume_at=None, method="mgpp"):
     from torch.distributed.device_mesh import init_device_mesh
 
-    _init(rank, world, port)
-    try:
-        mesh = init_device_mesh("cpu", (world,))
+    mesh = init_device_mesh("cpu", (world,))
 
-        def build():
-            model = sharded_model(mesh)
-            return model, make_optimizer(model.parameters(), lr, method)
+    def build():
+        model = sharded_model(mesh)
+        return model, make_optimizer(model.parameters(), lr, method)
 
-        model, opt = build()
-        data = batches(HYPER["total_steps"])
-        thresholds, comm = [], []
-        if resume_at is None:
-            train(model, opt, data, rank, world, thresholds, comm)
-        else:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model, opt = build()
+    data = batches(HYPER["total_steps"])
+    thresholds, comm = [], []
+    if resume_at is None:
+        train(model, opt, data, rank, world, thresholds, comm)
+    else:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-            train(model, opt, data[:resume_at], rank, world, thresholds)
-            msd, osd = get_state_dict(model, opt)
-            ckpt = os.path.join(out_dir, "dcp")
-            dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
-            model, opt = build()  # a fresh model and optimizer, as after a restart
-            msd, osd = get_state_dict(model, opt)
-            sd = {"model": msd, "optim": osd}
-            dcp.load(sd, checkpoint_id=ckpt)
-            set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-            train(model, opt, data[resume_at:], rank, world, thresholds)
-        state = {k: v.full_tensor() for k, v in model.state_dict().items()}
-        masks = [opt.state[p]["mask"].full_tensor() for _, _, p in opt._prunable()]
-        sparsity = opt.sparsity()["overall"]
-        events = [opt.schedule.is_event(t) for t in range(HYPER["total_steps"])]
-        torch.save({"state": state, "thresholds": thresholds, "masks": masks, "sparsity": sparsity,
-                    "comm": comm, "events": events},
-                   os.path.join(out_dir, f"fsdp{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        train(model, opt, data[:resume_at], rank, world, thresholds)
+        msd, osd = get_state_dict(model, opt)
+        ckpt = os.path.join(out_dir, "dcp")
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=ckpt)
+        model, opt = build()  # a fresh model and optimizer, as after a restart
+        msd, osd = get_state_dict(model, opt)
+        sd = {"model": msd, "optim": osd}
+        dcp.load(sd, checkpoint_id=ckpt)
+        set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        train(model, opt, data[resume_at:], rank, world, thresholds)
+    state = {k: v.full_tensor() for k, v in model.state_dict().items()}
+    masks = [opt.state[p]["mask"].full_tensor() for _, _, p in opt._prunable()]
+    sparsity = opt.sparsity()["overall"]
+    events = [opt.schedule.is_event(t) for t in range(HYPER["total_steps"])]
+    torch.save({"state": state, "thresholds": thresholds, "masks": masks, "sparsity": sparsity,
+                "comm": comm, "events": events},
+               os.path.join(out_dir, f"fsdp{rank}.pt"))
 
 
 # Calls whose gradient is poisoned on rank 1 only: between events (t = 4, 5)
@@ -151,27 +169,24 @@ BAD_CALLS = (4, 6, 8)
 SKIP_CALLS = HYPER["total_steps"] + len(BAD_CALLS)
 
 
-def fsdp_skip_worker(rank, world, port, out_dir, defer):
+@in_process_group
+def fsdp_skip_worker(rank, world, out_dir, defer):
     """on_nonfinite='skip' under FSDP2 with an inf/NaN on one rank only: every
     rank skips the same steps, whether the check is read at once or left on
     the device (``defer``) and read by the next call."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    _init(rank, world, port)
-    try:
-        model = sharded_model(init_device_mesh("cpu", (world,)))
-        opt = mgpp_ext.MGPP(model.parameters(), lr=1e-2, on_nonfinite="skip", **HYPER)
-        opt._defer_finite_check = defer
-        for call, (x, y) in enumerate(batches(SKIP_CALLS)):
-            per = x.shape[0] // world
-            xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
-            torch.nn.functional.cross_entropy(model(xs), ys).backward()
-            if rank == 1 and call in BAD_CALLS:
-                next(model.parameters()).grad.to_local().view(-1)[0] = float("nan")
-            opt.step()
-            opt.zero_grad()
-        state = {k: v.full_tensor() for k, v in model.state_dict().items()}
-        torch.save({"state": state, "record": opt.schedule_state()},
-                   os.path.join(out_dir, f"skip{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    model = sharded_model(init_device_mesh("cpu", (world,)))
+    opt = mgpp_ext.MGPP(model.parameters(), lr=1e-2, on_nonfinite="skip", **HYPER)
+    opt._defer_finite_check = defer
+    for call, (x, y) in enumerate(batches(SKIP_CALLS)):
+        per = x.shape[0] // world
+        xs, ys = x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per]
+        torch.nn.functional.cross_entropy(model(xs), ys).backward()
+        if rank == 1 and call in BAD_CALLS:
+            next(model.parameters()).grad.to_local().view(-1)[0] = float("nan")
+        opt.step()
+        opt.zero_grad()
+    state = {k: v.full_tensor() for k, v in model.state_dict().items()}
+    torch.save({"state": state, "record": opt.schedule_state()},
+               os.path.join(out_dir, f"skip{rank}.pt"))
