@@ -3,7 +3,10 @@
 on the same tensors, dtype and machine, in one run.
 
   (m)  Movement.step() between events: AdamW with S -= score_lr g w fused in
+  (mn) the same with on_nonfinite="propagate" (no per-step inf/NaN read,
+       as torch AdamW; the check runs at pruning events only)
   (g)  GMP.step() between events (the plain fused AdamW step of the engine)
+  (gn) the same with on_nonfinite="propagate"
   (p)  PLATON.step() between events (its score accumulated in eager passes)
   (mp) MGPPPlaton.step() between events (the prior fused, PLATON's score eager)
   (c)  torch AdamW (fused)
@@ -36,8 +39,9 @@ from mgpp_ext.reference import ReferenceMGPP  # noqa: E402
 
 HP = dict(lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
 SCHED = dict(total_steps=10**6, prune_interval=10**6, initial_warmup_steps=0, target_sparsity=0.9)
-CASES = ("m", "g", "p", "mp", "c", "k", "f")
-LABELS = {"m": "(m) Movement step", "g": "(g) GMP step", "p": "(p) PLATON step",
+CASES = ("m", "mn", "g", "gn", "p", "mp", "c", "k", "f")
+LABELS = {"m": "(m) Movement step", "mn": "(mn) Movement, propagate", "g": "(g) GMP step",
+          "gn": "(gn) GMP, propagate", "p": "(p) PLATON step",
           "mp": "(mp) MGPP+PLATON step", "c": "(c) torch AdamW fused",
           "k": "(k) movement_step_ op alone", "f": "(f) all_finite alone"}
 
@@ -65,10 +69,11 @@ def build(case, params):
     if case == "c":
         opt, _ = bs.adamw(params)
         return opt
-    if case == "m":
-        opt = Movement(params, **HP, **SCHED, score_lr=1.0)
-    elif case == "g":
-        opt = GMP(params, **HP, **SCHED)
+    if case in ("m", "mn"):
+        opt = Movement(params, **HP, **SCHED, score_lr=1.0,
+                       on_nonfinite="propagate" if case == "mn" else "raise")
+    elif case in ("g", "gn"):
+        opt = GMP(params, **HP, **SCHED, on_nonfinite="propagate" if case == "gn" else "raise")
     elif case == "p":
         opt = PLATON(params, **HP, **SCHED)
     else:

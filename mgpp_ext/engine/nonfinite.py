@@ -2,7 +2,11 @@
 
 A step whose gradients hold an inf or a NaN changes nothing: under
 ``on_nonfinite="raise"`` it raises, under ``"skip"`` it is counted and the
-schedule does not advance. On CPU the check is read at once. On CUDA a step
+schedule does not advance. Under ``"propagate"`` only pruning events are
+checked (``_check_event_inputs``): the steps between them behave as
+``torch.optim.AdamW``'s, for runs whose gradients are already checked
+(``GradScaler`` skips such steps itself), which then do not pay for a
+second read of every gradient each step. On CPU the check is read at once. On CUDA a step
 between pruning events does not wait for it: the check's result gates the
 fused kernel on the device (a failed check changes nothing there) and is
 read back by the next call (``_settle``), by which time it has long arrived.
@@ -98,6 +102,30 @@ class NonfiniteCheck:
                 torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=group)
             ok = flag.bool()
         return ok
+
+    def _check_event_inputs(self, prunable, t):
+        """The check of a pruning event under on_nonfinite='propagate'.
+
+        The steps in between were not checked, so an inf/NaN gradient may
+        have reached the weights and scores it touched (as it would with
+        ``torch.optim.AdamW``). A threshold cannot rank such values, so
+        before the event's step changes anything its gradients, the
+        prunable weights and the scores are read, and an inf/NaN raises."""
+        grads = [local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        parts = [("a gradient", grads), ("a prunable weight", [local(p) for p in prunable])]
+        if self._t > 0:  # before the first step a score has no state to read
+            parts.append((f"a {self.score.name} score", self.score.tensors(self) or []))
+        for what, tensors in parts:
+            by_device = {}
+            for x in tensors:
+                by_device.setdefault(x.device, []).append(x)
+            if all(bool(ops.all_finite(xs)) for xs in by_device.values()):
+                continue
+            raise FloatingPointError(
+                f"{type(self).__name__}: {what} holds inf or NaN at the pruning event of step {t}. "
+                "Under on_nonfinite='propagate' steps are not checked, so it came from this step's or an "
+                "earlier step's gradients, and a threshold cannot rank it; this step changed nothing. "
+                "Use on_nonfinite='raise' or 'skip' to stop such a gradient at its own step.")
 
     def _grads_finite(self, device):
         """False if the step must be skipped; raises under on_nonfinite='raise'."""

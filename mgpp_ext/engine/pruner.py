@@ -34,7 +34,7 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         pattern: which weights compete (``mgpp_ext.patterns``).
         regulariser: a term added to the gradient in the fused step
             (``mgpp_ext.regularisers``), or None.
-        on_nonfinite: ``"raise"`` or ``"skip"`` (see ``MGPP``).
+        on_nonfinite: ``"raise"``, ``"skip"`` or ``"propagate"`` (see ``MGPP``).
     """
 
     #: Name of the method in checkpoints (a checkpoint of one method is
@@ -52,6 +52,11 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
             raise TypeError(
                 f"{type(self).__name__}: the score '{score.name}' accumulates inside its own fused step, "
                 f"so it cannot be combined with the regulariser '{regulariser.name}'")
+        if on_nonfinite == "propagate" and regulariser is not None and regulariser.has_hooks:
+            raise ValueError(
+                f"{type(self).__name__}: on_nonfinite='propagate' is not offered with the '{regulariser.name}' "
+                "term: it ranks the weights between pruning events (at its own projections or mask updates), "
+                "so every step needs the inf/NaN check; use 'raise' or 'skip'")
         self.schedule = schedule
         self.score = score
         self.pattern = pattern
@@ -147,9 +152,14 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         sch, t = self.schedule, self._t
         event = sch.is_event(t)
         device = local(prunable[0]).device
-        gate = self._finite_gate(event, device)
-        if gate is None and not self._grads_finite(device):
-            return loss
+        if self.on_nonfinite == "propagate":
+            gate = None  # as torch.optim.AdamW: no per-step check
+            if event:
+                self._check_event_inputs(prunable, t)
+        else:
+            gate = self._finite_gate(event, device)
+            if gate is None and not self._grads_finite(device):
+                return loss
 
         final = t > sch.t_e
         self.score.observe(self, t, event)

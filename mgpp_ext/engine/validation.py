@@ -31,9 +31,13 @@ def check_adamw(lr, betas, eps, weight_decay):
     check_number("weight_decay", weight_decay, lo=0.0)
 
 
-def check_on_nonfinite(on_nonfinite):
-    if on_nonfinite not in ("raise", "skip"):
-        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+def check_on_nonfinite(on_nonfinite, propagate=True):
+    """``propagate``: whether the caller offers ``"propagate"`` (the engine's
+    methods do; a mask learner over frozen weights does not)."""
+    allowed = ("raise", "skip", "propagate") if propagate else ("raise", "skip")
+    if on_nonfinite not in allowed:
+        names = " or ".join(repr(a) for a in allowed)
+        raise ValueError(f"on_nonfinite must be {names}, got {on_nonfinite!r}")
 
 
 def check_param_group(owner, param_group):

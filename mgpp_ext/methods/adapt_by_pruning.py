@@ -126,7 +126,7 @@ class AdaptByPruning(torch.optim.Optimizer):
                  mask_interval=10, score_dtype=torch.float32, temperature=2.0 / 3.0, stretch=(-0.1, 1.1),
                  seed=0, on_nonfinite="raise"):
         check_adamw(lr, betas, eps, weight_decay)
-        check_on_nonfinite(on_nonfinite)
+        check_on_nonfinite(on_nonfinite, propagate=False)
         if relaxation not in RELAXATIONS:
             raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
         check_number("score_lr", score_lr, lo=0.0, lo_open=True)

@@ -1,0 +1,130 @@
+"""on_nonfinite="propagate": no per-step inf/NaN check, as torch.optim.AdamW.
+
+With finite gradients it is the same step as "raise" (bitwise, from the
+same state). An inf/NaN gradient between events reaches the weights it
+touches, as AdamW's would; the next pruning event refuses to rank it and
+changes nothing. Methods that rank weights between events (ADMM's
+projections, SR-STE's mask updates) and the mask learner over frozen
+weights do not offer it.
+"""
+import pytest
+import torch
+
+from mgpp_ext import ADMM, GMP, MGPP, PLATON, SRSTE, AdaptByPruning, MGPPPlaton, Movement
+
+SCHED = dict(total_steps=24, initial_warmup_steps=2, final_finetune_steps=4, prune_interval=3,
+             target_sparsity=0.5)
+BUILDERS = {
+    "mgpp": lambda ps, **kw: MGPP(ps, lr=1e-2, num_train_examples=100, **SCHED, **kw),
+    "gmp": lambda ps, **kw: GMP(ps, lr=1e-2, **SCHED, **kw),
+    "platon": lambda ps, **kw: PLATON(ps, lr=1e-2, **SCHED, **kw),
+    "movement": lambda ps, **kw: Movement(ps, lr=1e-2, score_lr=0.5, **SCHED, **kw),
+    "mgpp_platon": lambda ps, **kw: MGPPPlaton(ps, lr=1e-2, num_train_examples=100, **SCHED, **kw),
+}
+
+
+def make(device, method, on_nonfinite, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(12, 16, generator=gen).to(device))
+    v = torch.nn.Parameter(torch.randn(8, 12, generator=gen).to(device))
+    b = torch.nn.Parameter(torch.randn(8, generator=gen).to(device))
+    return [w, v, b], BUILDERS[method]([w, v, b], on_nonfinite=on_nonfinite)
+
+
+def fill(params, t, nan_at=None):
+    gen = torch.Generator().manual_seed(1000 + t)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen).to(p.device)
+    if nan_at is not None:
+        params[0].grad[nan_at] = float("nan")
+
+
+def snapshot(params, opt):
+    state = [(k, v.clone()) for p in params for k, v in sorted(opt.state.get(p, {}).items())
+             if torch.is_tensor(v)]
+    return [p.detach().clone() for p in params], state
+
+
+def identical(x, y):
+    """Bitwise equal (a NaN equals the same NaN)."""
+    if x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    if x.dtype == torch.float32:
+        return torch.equal(x.view(torch.int32), y.view(torch.int32))
+    return torch.equal(x, y)
+
+
+def same(a, b):
+    (pa, sa), (pb, sb) = a, b
+    return (all(identical(x, y) for x, y in zip(pa, pb))
+            and [k for k, _ in sa] == [k for k, _ in sb]
+            and all(identical(x, y) for (_, x), (_, y) in zip(sa, sb)))
+
+
+def events(opt, upto):
+    return [t for t in range(upto) if opt.schedule.is_event(t)]
+
+
+@pytest.mark.parametrize("method", sorted(BUILDERS))
+def test_same_step_as_raise_when_finite(device, method):
+    ps, opt = make(device, method, "propagate")
+    qs, ref = make(device, method, "raise")
+    for t in range(20):
+        fill(ps, t)
+        fill(qs, t)
+        opt.step()
+        ref.step()
+        assert same(snapshot(ps, opt), snapshot(qs, ref)), f"{method}: step {t} differs from on_nonfinite='raise'"
+    assert opt.schedule_state()["events"] == ref.schedule_state()["events"] > 0
+
+
+@pytest.mark.parametrize("method", sorted(BUILDERS))
+def test_nan_between_events_reaches_the_weights_and_the_next_event_refuses(device, method):
+    ps, opt = make(device, method, "propagate")
+    evs = events(opt, 20)
+    t_bad = next(t for t in range(evs[0] + 1, 20) if not opt.schedule.is_event(t))
+    t_next = next(t for t in evs if t > t_bad)
+    for t in range(t_next):
+        fill(ps, t, nan_at=(1, 2) if t == t_bad else None)
+        opt.step()  # no check: the NaN is taken in, as torch.optim.AdamW would
+        if t == t_bad:
+            assert not torch.isfinite(ps[0]).all(), f"{method}: the NaN gradient did not reach the weight"
+    assert opt.current_step == t_next
+    fill(ps, t_next)
+    before = snapshot(ps, opt)
+    with pytest.raises(FloatingPointError, match=rf"holds inf or NaN at the pruning event of step {t_next}"):
+        opt.step()
+    assert same(before, snapshot(ps, opt)), f"{method}: the refused event changed the parameters or the state"
+    assert opt.current_step == t_next
+
+
+@pytest.mark.parametrize("method", sorted(BUILDERS))
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_nonfinite_gradient_at_an_event_refused_before_anything_changes(device, method, bad):
+    ps, opt = make(device, method, "propagate")
+    t_ev = events(opt, 20)[1]
+    for t in range(t_ev):
+        fill(ps, t)
+        opt.step()
+    fill(ps, t_ev)
+    ps[1].grad[0, 0] = bad
+    before = snapshot(ps, opt)
+    with pytest.raises(FloatingPointError, match="a gradient holds inf or NaN"):
+        opt.step()
+    assert same(before, snapshot(ps, opt))
+    fill(ps, t_ev)  # a clean retry of the same step goes through
+    opt.step()
+    assert opt.current_step == t_ev + 1
+
+
+def test_refused_by_name():
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    with pytest.raises(ValueError, match=r"ADMM: on_nonfinite='propagate' is not offered with the 'admm' term"):
+        ADMM([w], total_steps=10, on_nonfinite="propagate")
+    with pytest.raises(ValueError, match=r"SRSTE: on_nonfinite='propagate' is not offered with the 'srste' term"):
+        SRSTE([w], on_nonfinite="propagate")
+    with pytest.raises(ValueError, match=r"on_nonfinite must be 'raise' or 'skip' or 'propagate', got 'ignore'"):
+        MGPP([w], total_steps=10, num_train_examples=10, on_nonfinite="ignore")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"on_nonfinite must be 'raise' or 'skip', got 'propagate'"):
+        AdaptByPruning(model, [model[0].weight], target_sparsity=0.5, total_steps=10, on_nonfinite="propagate")
