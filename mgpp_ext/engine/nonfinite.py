@@ -21,6 +21,19 @@ from .. import ops
 from .distributed import local
 
 
+def _by_device(tensors):
+    """The tensors grouped by device (``ops.all_finite`` takes one device's list)."""
+    groups = {}
+    for x in tensors:
+        groups.setdefault(x.device, []).append(x)
+    return groups
+
+
+def _all_finite(tensors):
+    """Whether every tensor is free of inf and NaN (a host read)."""
+    return all(bool(ops.all_finite(xs)) for xs in _by_device(tensors).values())
+
+
 class PendingCheck(NamedTuple):
     """A step's device-side inf/NaN check on its way to the host."""
     ok: torch.Tensor  # one bool; on CUDA in pinned memory, valid once ``ready`` has passed
@@ -85,12 +98,8 @@ class NonfiniteCheck:
         flag is the minimum over the shard group; under "raise" the rank
         that sees the inf/NaN raises on its own, so a clean step costs no
         communication."""
-        by_device = {}
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    grad = local(p.grad)
-                    by_device.setdefault(grad.device, []).append(grad)
+        by_device = _by_device(local(p.grad) for g in self.param_groups for p in g["params"]
+                               if p.grad is not None)
         if not by_device:
             return None
         oks = [ops.all_finite(gs).to(device) for gs in by_device.values()]
@@ -111,15 +120,13 @@ class NonfiniteCheck:
         ``torch.optim.AdamW``). A threshold cannot rank such values, so
         before the event's step changes anything its gradients, the
         prunable weights and the scores are read, and an inf/NaN raises."""
-        grads = [local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
-        parts = [("a gradient", grads), ("a prunable weight", [local(p) for p in prunable])]
+        flag = self._finite_flag(local(prunable[0]).device)  # no communication: not under "skip"
+        parts = [("a gradient", flag is None or bool(flag.reshape(()).item()))]
+        parts.append(("a prunable weight", _all_finite(local(p) for p in prunable)))
         if self._t > 0:  # before the first step a score has no state to read
-            parts.append((f"a {self.score.name} score", self.score.tensors(self) or []))
-        for what, tensors in parts:
-            by_device = {}
-            for x in tensors:
-                by_device.setdefault(x.device, []).append(x)
-            if all(bool(ops.all_finite(xs)) for xs in by_device.values()):
+            parts.append((f"a {self.score.name} score", _all_finite(self.score.tensors(self) or [])))
+        for what, finite in parts:
+            if finite:
                 continue
             raise FloatingPointError(
                 f"{type(self).__name__}: {what} holds inf or NaN at the pruning event of step {t}. "
