@@ -3,8 +3,12 @@ torch.optim.AdamW(fused=True) on the same tensors, and ADMM's n:m
 projection against its eager form, all timed in the same run.
 
   (r1) ADMM.step() between projections (the proximal term fused in)
-  (r2) SRSTE.step() with the mask recomputed (mask_interval=1, the worst case)
+  (r1n) the same with on_nonfinite="propagate" (steps between projections
+       are not checked for inf/NaN, as torch.optim.AdamW's)
+  (r2) SRSTE.step() with the mask recomputed (mask_interval=1, the worst case;
+       "propagate" checks every such step too, so it costs the same)
   (r3) SRSTE.step() between mask updates (mask_interval=10**6)
+  (r3n) the same with on_nonfinite="propagate"
   (c)  torch AdamW (fused) on the same tensors
   (p1) admm_project_: Z <- Proj_2:4(W + U), U <- U + W - Z, one fused op
   (p2) the eager form, Z and U as two fp32 tensors: x = W + U; |x|, reshape
@@ -28,11 +32,13 @@ from mgpp_ext import regulariser_ops as rops
 
 N, M = 2, 4
 STEP_HP = dict(lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
-REG_CASES = ("r1", "r2", "r3", "c", "p1", "p2")
+REG_CASES = ("r1", "r1n", "r2", "r3", "r3n", "c", "p1", "p2")
 REG_LABELS = {
     "r1": "(r1) ADMM step, 2:4",
+    "r1n": "(r1n) ADMM step, propagate",
     "r2": "(r2) SR-STE step, mask updated",
     "r3": "(r3) SR-STE step, mask fixed",
+    "r3n": "(r3n) SR-STE fixed, propagate",
     "c": "(c) torch AdamW",
     "p1": "(p1) ADMM projection, fused",
     "p2": "(p2) ADMM projection, eager",
@@ -46,16 +52,17 @@ def _with_grads(params, grads):
     return out
 
 
-def admm_opt(params):
+def admm_opt(params, on_nonfinite="raise"):
     """An ADMM whose steps 1 .. 10**6 - 2 are all between projections."""
     opt = ADMM(params, **STEP_HP, total_steps=10**6, pattern=f"{N}:{M}", rho=1e-3,
-               admm_interval=10**6)
+               admm_interval=10**6, on_nonfinite=on_nonfinite)
     opt.step()  # t = 0: state allocated and the first projection done, untimed
     return opt
 
 
-def srste_opt(params, mask_interval):
-    opt = SRSTE(params, **STEP_HP, pattern=f"{N}:{M}", mask_interval=mask_interval)
+def srste_opt(params, mask_interval, on_nonfinite="raise"):
+    opt = SRSTE(params, **STEP_HP, pattern=f"{N}:{M}", mask_interval=mask_interval,
+                on_nonfinite=on_nonfinite)
     opt.step()  # moments allocated, untimed
     return opt
 
@@ -135,10 +142,11 @@ def check(params, grads):
 
 def build(case, params, grads, adamw):
     """A callable doing one timed call of ``case``."""
-    if case == "r1":
-        return admm_opt(_with_grads(params, grads)).step
-    if case in ("r2", "r3"):
-        return srste_opt(_with_grads(params, grads), 1 if case == "r2" else 10**6).step
+    nonfinite = "propagate" if case.endswith("n") else "raise"
+    if case in ("r1", "r1n"):
+        return admm_opt(_with_grads(params, grads), nonfinite).step
+    if case in ("r2", "r3", "r3n"):
+        return srste_opt(_with_grads(params, grads), 1 if case == "r2" else 10**6, nonfinite).step
     if case == "c":
         opt, _ = adamw(_with_grads(params, grads))
         return opt.step
@@ -167,8 +175,9 @@ def bench(params, grads, device, warmup, repeat, time_fn, adamw, check_limit):
         gc.collect()
     c = row["cases"]
     med = lambda x: c[x]["median_s"]  # noqa: E731
-    row["ratios"] = dict(r1_over_c=med("r1") / med("c"), r2_over_c=med("r2") / med("c"),
-                         r3_over_c=med("r3") / med("c"), p2_over_p1=med("p2") / med("p1"))
+    row["ratios"] = dict(r1_over_c=med("r1") / med("c"), r1n_over_c=med("r1n") / med("c"),
+                         r2_over_c=med("r2") / med("c"), r3_over_c=med("r3") / med("c"),
+                         r3n_over_c=med("r3n") / med("c"), p2_over_p1=med("p2") / med("p1"))
     return row
 
 
@@ -184,6 +193,8 @@ def print_row(label, row, n):
           f"(r2)/(c) = {q['r2_over_c']:.2f} (target <= 1.3: {ok(q['r2_over_c'] <= 1.3)})   "
           f"(r3)/(c) = {q['r3_over_c']:.2f}   "
           f"(p2)/(p1) = {q['p2_over_p1']:.1f} (target >= 5: {ok(q['p2_over_p1'] >= 5)})")
+    print(f"with on_nonfinite='propagate': (r1n)/(c) = {q['r1n_over_c']:.2f} "
+          f"(target <= 1.3: {ok(q['r1n_over_c'] <= 1.3)})   (r3n)/(c) = {q['r3n_over_c']:.2f}")
     if row["check"]:
         print(f"check ({row['check']['numel_checked']:,} weights): admm_step_, srste_step_ and "
               "admm_project_ == reference bitwise; projection mask == eager topk mask but in "

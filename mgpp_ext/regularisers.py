@@ -6,7 +6,10 @@ the fused step either its arguments (``step_args(schedule, t)``, for
 (``fused_step``), through its family's own op over the shared templated
 AdamW kernel body, so that no op carries every family's arguments.
 ``before_step``/``after_step`` run around the step (ADMM's projections);
-``has_hooks`` says they do anything, ``fills_histogram`` whether its step
+``has_hooks`` says they do anything, ``ranking_at(opt, t)`` names the
+ranking of weights it makes in or right after step t (the steps
+``on_nonfinite="propagate"`` checks, with ``state_tensors``),
+``fills_histogram`` whether its step
 op builds the level-0 histogram of |w| an event can select on, and
 ``fp32_state_keys`` names per-param state kept in fp32.
 """
@@ -66,6 +69,12 @@ class MixturePrior:
     def owns_step(self, t):
         return False
 
+    def ranking_at(self, opt, t):
+        return None  # it ranks nothing: the schedule's events do
+
+    def state_tensors(self, opt):
+        return []
+
     def before_step(self, opt, t):
         pass
 
@@ -112,6 +121,20 @@ class AdmmProximal:
 
     def rho_at(self, t):
         return self.rho * self.rho_growth ** (t // self.admm_interval)
+
+    def ranking_at(self, opt, t):
+        """The projection step t starts with (a fresh state's first) or
+        ends with, or None. The hard projection at t_e is the schedule's
+        event."""
+        if t >= opt.schedule.t_e:
+            return None
+        if any("admm_dual" not in opt.state[p] for _, _, p in opt._prunable()):
+            return "the first ADMM projection"
+        return "the ADMM projection" if (t + 1) % self.admm_interval == 0 else None
+
+    def state_tensors(self, opt):
+        """Z and U (both in the one fp32 tensor ``admm_dual``)."""
+        return [opt.state[p]["admm_dual"] for _, _, p in opt._prunable() if "admm_dual" in opt.state[p]]
 
     def owns_step(self, t):
         return True
@@ -209,6 +232,14 @@ class SrsteDecay:
 
     def hyper(self):
         return dict(lambda_w=self.lambda_w)
+
+    def ranking_at(self, opt, t):
+        """Step t's op recomputes M from |W| every ``mask_interval`` steps."""
+        return "the n:m mask update" if opt.schedule.updates_mask(t) else None
+
+    def state_tensors(self, opt):
+        """The dense W."""
+        return [opt.state[p]["dense"] for _, _, p in opt._prunable() if "dense" in opt.state[p]]
 
     def owns_step(self, t):
         return True

@@ -1,11 +1,10 @@
 """on_nonfinite="propagate": no per-step inf/NaN check, as torch.optim.AdamW.
 
 With finite gradients it is the same step as "raise" (bitwise, from the
-same state). An inf/NaN gradient between events reaches the weights it
-touches, as AdamW's would; the next pruning event refuses to rank it and
-changes nothing. Methods that rank weights between events (ADMM's
-projections, SR-STE's mask updates) and the mask learner over frozen
-weights do not offer it.
+same state). An inf/NaN gradient between the steps that rank weights
+(pruning events, ADMM's projections, SR-STE's mask updates) reaches the
+weights it touches, as AdamW's would; the next such step refuses to rank it
+and changes nothing. The mask learner over frozen weights does not offer it.
 """
 import pytest
 import torch
@@ -20,7 +19,14 @@ BUILDERS = {
     "platon": lambda ps, **kw: PLATON(ps, lr=1e-2, **SCHED, **kw),
     "movement": lambda ps, **kw: Movement(ps, lr=1e-2, score_lr=0.5, **SCHED, **kw),
     "mgpp_platon": lambda ps, **kw: MGPPPlaton(ps, lr=1e-2, num_train_examples=100, **SCHED, **kw),
+    "admm": lambda ps, **kw: ADMM(ps, lr=1e-2, total_steps=24, pattern="2:4", rho=0.5, admm_interval=4,
+                                  final_finetune_steps=4, **kw),
+    "admm_global": lambda ps, **kw: ADMM(ps, lr=1e-2, total_steps=24, pattern=0.5, rho=0.5, admm_interval=4,
+                                         final_finetune_steps=4, **kw),
+    "srste": lambda ps, **kw: SRSTE(ps, lr=1e-2, pattern="2:4", mask_interval=3, **kw),
 }
+# What each method's checked steps rank, as the error names it.
+RANKING = {"admm": "the ADMM projection", "admm_global": "the ADMM projection", "srste": "the n:m mask update"}
 
 
 def make(device, method, on_nonfinite, seed=0):
@@ -61,8 +67,21 @@ def same(a, b):
             and all(identical(x, y) for (_, x), (_, y) in zip(sa, sb)))
 
 
-def events(opt, upto):
+def checked_steps(method, opt, upto):
+    """The steps "propagate" checks: those that rank weights."""
+    if method.startswith("admm"):
+        # the first projection (before step 0), those after steps 3, 7, 11
+        # and 15, and the hard projection at t_e = 24 - 4 - 1 (an event)
+        return [t for t in [0, 3, 7, 11, 15, 19] if t < upto]
+    if method == "srste":
+        return list(range(0, upto, 3))  # its mask updates, every mask_interval steps
     return [t for t in range(upto) if opt.schedule.is_event(t)]
+
+
+def dense_of(opt, ps):
+    """The tensor a gradient's NaN reaches: SR-STE's dense W (its param
+    holds W M, where a dropped weight stays 0), else the param."""
+    return opt.dense_weights()[0] if isinstance(opt, SRSTE) else ps[0]
 
 
 @pytest.mark.parametrize("method", sorted(BUILDERS))
@@ -75,24 +94,72 @@ def test_same_step_as_raise_when_finite(device, method):
         opt.step()
         ref.step()
         assert same(snapshot(ps, opt), snapshot(qs, ref)), f"{method}: step {t} differs from on_nonfinite='raise'"
-    assert opt.schedule_state()["events"] == ref.schedule_state()["events"] > 0
+    assert opt.schedule_state()["events"] == ref.schedule_state()["events"]
+
+
+@pytest.mark.parametrize("method", sorted(BUILDERS))
+def test_checks_exactly_the_steps_that_rank(device, method):
+    ps, opt = make(device, method, "propagate")
+    seen = []
+    inner = opt._check_event_inputs
+
+    def spy(prunable, t, ranking="the pruning event"):
+        seen.append((t, ranking))
+        return inner(prunable, t, ranking)
+
+    opt._check_event_inputs = spy
+    for t in range(24):
+        fill(ps, t)
+        opt.step()
+    want = checked_steps(method, opt, 24)
+    assert [t for t, _ in seen] == want, f"{method}: checked {seen}, want {want}"
+    for t, ranking in seen:
+        expected = RANKING.get(method, "the pruning event")
+        if method.startswith("admm"):
+            expected = ("the first ADMM projection" if t == 0 else
+                        "the pruning event" if t == 19 else expected)
+        assert ranking == expected, f"{method}: step {t} named {ranking!r}"
+
+
+def test_steps_checked_back_to_back_read_only_the_gradients(monkeypatch):
+    """SR-STE ranks every step with mask_interval=1: after the first check
+    every step was checked, so the weights cannot hold what a step let in,
+    and only the gradients are read (as "raise" does). A loaded state is
+    read in full again."""
+    from mgpp_ext.engine import nonfinite
+
+    reads = []
+    inner = nonfinite._all_finite
+    monkeypatch.setattr(nonfinite, "_all_finite", lambda xs: reads.append(1) or inner(xs))
+    gen = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 16, generator=gen))
+    opt = SRSTE([w], lr=1e-2, mask_interval=1, on_nonfinite="propagate")
+    for t in range(4):
+        w.grad = torch.randn(w.shape, generator=gen)
+        opt.step()
+    assert len(reads) == 2  # step 0: the weights and the dense W; no score state yet
+    opt.load_state_dict(opt.state_dict())
+    w.grad = torch.randn(w.shape, generator=gen)
+    opt.step()
+    assert len(reads) == 5  # the weights, the scores and the dense W of the loaded state
 
 
 @pytest.mark.parametrize("method", sorted(BUILDERS))
 def test_nan_between_events_reaches_the_weights_and_the_next_event_refuses(device, method):
     ps, opt = make(device, method, "propagate")
-    evs = events(opt, 20)
-    t_bad = next(t for t in range(evs[0] + 1, 20) if not opt.schedule.is_event(t))
+    evs = checked_steps(method, opt, 20)
+    t_bad = next(t for t in range(evs[0] + 1, 20) if t not in evs)
     t_next = next(t for t in evs if t > t_bad)
     for t in range(t_next):
         fill(ps, t, nan_at=(1, 2) if t == t_bad else None)
         opt.step()  # no check: the NaN is taken in, as torch.optim.AdamW would
         if t == t_bad:
-            assert not torch.isfinite(ps[0]).all(), f"{method}: the NaN gradient did not reach the weight"
+            assert not torch.isfinite(dense_of(opt, ps)).all(), f"{method}: the NaN gradient did not reach the weight"
     assert opt.current_step == t_next
     fill(ps, t_next)
     before = snapshot(ps, opt)
-    with pytest.raises(FloatingPointError, match=rf"holds inf or NaN at the pruning event of step {t_next}"):
+    ranking = RANKING.get(method, "the pruning event")
+    with pytest.raises(FloatingPointError, match=rf"holds inf or NaN at {ranking} of step {t_next}"):
         opt.step()
     assert same(before, snapshot(ps, opt)), f"{method}: the refused event changed the parameters or the state"
     assert opt.current_step == t_next
@@ -102,7 +169,7 @@ def test_nan_between_events_reaches_the_weights_and_the_next_event_refuses(devic
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_nonfinite_gradient_at_an_event_refused_before_anything_changes(device, method, bad):
     ps, opt = make(device, method, "propagate")
-    t_ev = events(opt, 20)[1]
+    t_ev = checked_steps(method, opt, 20)[1]
     for t in range(t_ev):
         fill(ps, t)
         opt.step()
@@ -119,10 +186,6 @@ def test_nonfinite_gradient_at_an_event_refused_before_anything_changes(device, 
 
 def test_refused_by_name():
     w = torch.nn.Parameter(torch.randn(4, 4))
-    with pytest.raises(ValueError, match=r"ADMM: on_nonfinite='propagate' is not offered with the 'admm' term"):
-        ADMM([w], total_steps=10, on_nonfinite="propagate")
-    with pytest.raises(ValueError, match=r"SRSTE: on_nonfinite='propagate' is not offered with the 'srste' term"):
-        SRSTE([w], on_nonfinite="propagate")
     with pytest.raises(ValueError, match=r"on_nonfinite must be 'raise' or 'skip' or 'propagate', got 'ignore'"):
         MGPP([w], total_steps=10, num_train_examples=10, on_nonfinite="ignore")
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))

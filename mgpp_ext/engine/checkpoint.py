@@ -92,6 +92,7 @@ class Checkpoint:
             state_dict["state"] = state
         super().load_state_dict(state_dict)
         self._pending = None  # the loaded state replaces the step it was about
+        self._inputs_checked = False  # the loaded weights have not been checked
         if held:
             for pid, p in self._saved_ids_with_params(state_dict):
                 for k, v in held.get(pid, {}).items():

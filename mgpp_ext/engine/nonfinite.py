@@ -2,11 +2,12 @@
 
 A step whose gradients hold an inf or a NaN changes nothing: under
 ``on_nonfinite="raise"`` it raises, under ``"skip"`` it is counted and the
-schedule does not advance. Under ``"propagate"`` only pruning events are
-checked (``_check_event_inputs``): the steps between them behave as
-``torch.optim.AdamW``'s, for runs whose gradients are already checked
-(``GradScaler`` skips such steps itself), which then do not pay for a
-second read of every gradient each step. On CPU the check is read at once. On CUDA a step
+schedule does not advance. Under ``"propagate"`` only the steps that rank
+weights are checked (``_check_event_inputs``): pruning events, and a
+regulariser's own rankings (ADMM's projections, SR-STE's mask updates).
+The steps between them behave as ``torch.optim.AdamW``'s, for runs whose
+gradients are already checked (``GradScaler`` skips such steps itself),
+which then do not pay for a second read of every gradient each step. On CPU the check is read at once. On CUDA a step
 between pruning events does not wait for it: the check's result gates the
 fused kernel on the device (a failed check changes nothing there) and is
 read back by the next call (``_settle``), by which time it has long arrived.
@@ -112,27 +113,42 @@ class NonfiniteCheck:
             ok = flag.bool()
         return ok
 
-    def _check_event_inputs(self, prunable, t):
-        """The check of a pruning event under on_nonfinite='propagate'.
+    def _ranking_at(self, t, event):
+        """What ranks weights in or right after step t, as the error names
+        it ("the pruning event", "the ADMM projection", ...), or None: the
+        steps ``on_nonfinite='propagate'`` checks."""
+        if event:
+            return "the pruning event"
+        reg = self.regulariser
+        return None if reg is None else reg.ranking_at(self, t)
 
-        The steps in between were not checked, so an inf/NaN gradient may
-        have reached the weights and scores it touched (as it would with
-        ``torch.optim.AdamW``). A threshold cannot rank such values, so
-        before the event's step changes anything its gradients, the
-        prunable weights and the scores are read, and an inf/NaN raises."""
+    def _check_event_inputs(self, prunable, t, ranking="the pruning event"):
+        """The check of a step that ranks weights, under on_nonfinite='propagate'.
+
+        The steps before it may not have been checked, so an inf/NaN
+        gradient may have reached the weights, scores and regulariser state
+        it touched (as it would with ``torch.optim.AdamW``). Nothing can
+        rank such values, so before the step changes anything its
+        gradients are read, and, unless every step since the last such
+        check was checked too, the prunable weights, the scores and the
+        regulariser's state; an inf/NaN raises."""
         flag = self._finite_flag(local(prunable[0]).device)  # no communication: not under "skip"
         parts = [("a gradient", flag is None or bool(flag.reshape(()).item()))]
-        parts.append(("a prunable weight", _all_finite(local(p) for p in prunable)))
-        if self._t > 0:  # before the first step a score has no state to read
-            parts.append((f"a {self.score.name} score", _all_finite(self.score.tensors(self) or [])))
+        if not self._inputs_checked:
+            parts.append(("a prunable weight", _all_finite(local(p) for p in prunable)))
+            if self._t > 0:  # before the first step a score has no state to read
+                parts.append((f"a {self.score.name} score", _all_finite(self.score.tensors(self) or [])))
+            reg = self.regulariser
+            if reg is not None:
+                parts.append((f"the '{reg.name}' state", _all_finite(reg.state_tensors(self))))
         for what, finite in parts:
             if finite:
                 continue
             raise FloatingPointError(
-                f"{type(self).__name__}: {what} holds inf or NaN at the pruning event of step {t}. "
-                "Under on_nonfinite='propagate' steps are not checked, so it came from this step's or an "
-                "earlier step's gradients, and a threshold cannot rank it; this step changed nothing. "
-                "Use on_nonfinite='raise' or 'skip' to stop such a gradient at its own step.")
+                f"{type(self).__name__}: {what} holds inf or NaN at {ranking} of step {t}. "
+                "Under on_nonfinite='propagate' only steps that rank weights are checked, so it came from "
+                "this step's or an earlier step's gradients, and nothing can rank it; this step changed "
+                "nothing. Use on_nonfinite='raise' or 'skip' to stop such a gradient at its own step.")
 
     def _grads_finite(self, device):
         """False if the step must be skipped; raises under on_nonfinite='raise'."""

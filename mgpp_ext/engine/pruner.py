@@ -52,11 +52,6 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
             raise TypeError(
                 f"{type(self).__name__}: the score '{score.name}' accumulates inside its own fused step, "
                 f"so it cannot be combined with the regulariser '{regulariser.name}'")
-        if on_nonfinite == "propagate" and regulariser is not None and regulariser.has_hooks:
-            raise ValueError(
-                f"{type(self).__name__}: on_nonfinite='propagate' is not offered with the '{regulariser.name}' "
-                "term: it ranks the weights between pruning events (at its own projections or mask updates), "
-                "so every step needs the inf/NaN check; use 'raise' or 'skip'")
         self.schedule = schedule
         self.score = score
         self.pattern = pattern
@@ -80,6 +75,10 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         # None is automatic (on CUDA), True/False forces it (tests).
         self._pending = None
         self._defer_finite_check = None
+        # Under "propagate": whether every step since the last check of the
+        # weights was checked itself (then they can hold no inf/NaN the
+        # steps let in, and the next check reads the gradients only).
+        self._inputs_checked = False
         if not self._prunable():
             raise ValueError(
                 f"{type(self).__name__}: the prunable set is empty (no group has prune=True and no tensor "
@@ -154,8 +153,10 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         device = local(prunable[0]).device
         if self.on_nonfinite == "propagate":
             gate = None  # as torch.optim.AdamW: no per-step check
-            if event:
-                self._check_event_inputs(prunable, t)
+            ranking = self._ranking_at(t, event)
+            if ranking is not None:
+                self._check_event_inputs(prunable, t, ranking)
+            self._inputs_checked = ranking is not None
         else:
             gate = self._finite_gate(event, device)
             if gate is None and not self._grads_finite(device):

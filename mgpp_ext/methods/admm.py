@@ -37,7 +37,8 @@ class ADMM(PruningOptimizer):
             admm_interval)``.
         admm_interval: steps between projections.
         final_finetune_steps: steps after the hard projection, mask fixed.
-        on_nonfinite: as in ``MGPP``.
+        on_nonfinite: as in ``MGPP``; ``"propagate"`` checks the steps
+            that start or end with a projection (and the hard projection's).
 
     State per prunable weight: AdamW's moments, plus 4 bytes and 1 bit for
     Z and U together during the ADMM phase (see ``AdmmProximal``).

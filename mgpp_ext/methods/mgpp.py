@@ -55,9 +55,11 @@ class MGPP(PruningOptimizer):
             with the threshold's bin, its one host read, and raises or skips
             within the call, as CPU steps do. ``"propagate"`` checks no
             step, as ``torch.optim.AdamW``: an inf/NaN gradient reaches the
-            weights it touches. Only pruning events are checked (gradients,
-            weights and scores, before the event's step changes anything),
-            and raise, since a threshold cannot rank an inf/NaN. Use it
+            weights it touches. Only the steps that rank weights are
+            checked (pruning events here; also ADMM's projections and
+            SR-STE's mask updates: gradients, weights, scores and the
+            regulariser's state, before the step changes anything), and
+            raise, since nothing can rank an inf/NaN. Use it
             where the gradients are checked already (``GradScaler``, or
             ``clip_grad_norm_(..., error_if_nonfinite=True)``): it saves
             the check's read of every gradient, about a seventh of the

@@ -37,7 +37,9 @@ class SRSTE(PruningOptimizer):
         pattern: ``"n:m"``, e.g. ``"2:4"``.
         lambda_w: the decay of the masked weights (the paper's 2e-4).
         mask_interval: steps between mask updates (1: every step).
-        on_nonfinite: as in ``MGPP``.
+        on_nonfinite: as in ``MGPP``; ``"propagate"`` checks the steps that
+            update the mask (so with ``mask_interval=1`` every step, as
+            ``"raise"`` does).
 
     ``dense_weights()`` returns the dense W. State per prunable weight:
     AdamW's moments, the dense W (the param's dtype) and the mask (bool).
