@@ -128,9 +128,18 @@ class AdmmProximal:
         event."""
         if t >= opt.schedule.t_e:
             return None
-        if any("admm_dual" not in opt.state[p] for _, _, p in opt._prunable()):
+        if self._fresh(opt):
             return "the first ADMM projection"
-        return "the ADMM projection" if (t + 1) % self.admm_interval == 0 else None
+        return "the ADMM projection" if self._projects_after(opt, t) else None
+
+    @staticmethod
+    def _fresh(opt):
+        """The prunable params without Z and U yet (before_step starts them)."""
+        return [p for _, _, p in opt._prunable() if "admm_dual" not in opt.state[p]]
+
+    def _projects_after(self, opt, t):
+        """Whether after_step projects after step t (t_e's hard projection aside)."""
+        return t < opt.schedule.t_e and (t + 1) % self.admm_interval == 0
 
     def state_tensors(self, opt):
         """Z and U (both in the one fp32 tensor ``admm_dual``)."""
@@ -147,7 +156,7 @@ class AdmmProximal:
     def before_step(self, opt, t):
         if t > opt.schedule.t_e:
             return
-        fresh = [p for _, _, p in opt._prunable() if "admm_dual" not in opt.state[p]]
+        fresh = self._fresh(opt)
         if not fresh:
             return
         from . import regulariser_ops as rops
@@ -176,7 +185,7 @@ class AdmmProximal:
 
     def after_step(self, opt, t):
         sch = opt.schedule
-        if t < sch.t_e and (t + 1) % self.admm_interval == 0:
+        if self._projects_after(opt, t):
             self.project(opt)
         elif t == sch.t_e:
             for _, _, p in opt._prunable():  # the hard projection is done: Z and U are not needed
