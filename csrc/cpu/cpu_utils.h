@@ -79,6 +79,58 @@ inline void store2(T* p, const fVec& a, const fVec& b) {
   }
 }
 
+// Streaming (non-temporal) stores, for an output a kernel writes without
+// reading it (SR-STE's W * M parameter). A plain store first reads the
+// cache line it writes (read for ownership): a write-only fp32 output then
+// costs 8 bytes of memory traffic per element, a streaming store 4. Only a
+// vector-aligned address streams; any other takes a plain store. A kernel
+// that streams calls stream_fence() before its parallel body returns, so
+// the weakly ordered stores are visible when the op is.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr uintptr_t kStreamAlign = 64;
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr uintptr_t kStreamAlign = 32;
+#else
+constexpr uintptr_t kStreamAlign = 0;  // no streaming stores: plain ones everywhere
+#endif
+
+inline bool stream_aligned(const void* p) {
+  return kStreamAlign != 0 && (reinterpret_cast<uintptr_t>(p) & (kStreamAlign - 1)) == 0;
+}
+
+// One fVec at p (fp32), streamed when p is aligned.
+inline void stream1(float* p, const fVec& a) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if (stream_aligned(p)) return _mm512_stream_ps(p, a);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if (stream_aligned(p)) return _mm256_stream_ps(p, a);
+#endif
+  a.store(p);
+}
+
+// store2, streamed when p is aligned.
+template <typename T>
+inline void stream2(T* p, const fVec& a, const fVec& b) {
+  if constexpr (std::is_same_v<T, float>) {
+    stream1(p, a);
+    stream1(p + fVec::size(), b);
+  } else {
+    const Vectorized<T> h = at::vec::convert_from_float<T>(a, b);
+#if defined(CPU_CAPABILITY_AVX512)
+    if (stream_aligned(p)) return _mm512_stream_si512(reinterpret_cast<__m512i*>(p), h);
+#elif defined(CPU_CAPABILITY_AVX2)
+    if (stream_aligned(p)) return _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
+#endif
+    h.store(p);
+  }
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
 // kBlock bool mask bytes as two all-ones (keep) / all-zeros lane masks, to
 // AND into the weights. The byte loop does not vectorise on its own, and it
 // ran in every final-phase step.

@@ -66,7 +66,8 @@ struct SrsteTerm {
 };
 
 // Stores W M into the param beside the updated dense W (which adamw_block
-// stores itself); a dropped weight is +0.
+// stores itself); a dropped weight is +0. The param is only written, so the
+// store streams (cpu_utils.h).
 template <typename W>
 struct StoreMasked {
   W* param;
@@ -74,7 +75,7 @@ struct StoreMasked {
   void operator()(fVec& p0, fVec& p1, int64_t i) const {
     fVec k0, k1;
     load_keep2(keep + i, k0, k1);
-    store2(param + i, p0 & k0, p1 & k1);
+    stream2(param + i, p0 & k0, p1 & k1);
   }
   void operator()(float& p, int64_t i) const {
     param[i] = static_cast<W>(keep[i] ? p : 0.0f);
@@ -92,12 +93,23 @@ typedef uint16_t __attribute__((__may_alias__)) bits16_t;
 
 // out[j] = x[j] with its bits ANDed with keep[j] (0 / -1): a dropped weight
 // is +0, a kept one its exact bits.
+// out is only written: an fp32 out streams from its first aligned vector
+// (cpu_utils.h).
 template <typename T>
 void masked_copy(T* out, const T* x, const int32_t* keep, int64_t len) {
   using U = std::conditional_t<sizeof(T) == 4, bits32_t, bits16_t>;
   U* o = reinterpret_cast<U*>(out);
   const U* s = reinterpret_cast<const U*>(x);
-  for (int64_t j = 0; j < len; ++j) o[j] = s[j] & static_cast<U>(keep[j]);
+  int64_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    if (kStreamAlign != 0) {
+      for (; j < len && !stream_aligned(out + j); ++j) o[j] = s[j] & static_cast<U>(keep[j]);
+      for (; j + fVec::size() <= len; j += fVec::size()) {
+        stream1(out + j, fVec::loadu(x + j) & fVec::loadu(reinterpret_cast<const float*>(keep + j)));
+      }
+    }
+  }
+  for (; j < len; ++j) o[j] = s[j] & static_cast<U>(keep[j]);
 }
 
 void mask_bytes(bool* mask, const int32_t* keep, int64_t len) {
@@ -304,6 +316,7 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                       mo[i].work.data_ptr<S>() + o, v[i].work.data_ptr<S>() + o, ch.end - o, c,
                       SrsteTerm{keep, lam}, StoreMasked<P>{p[i].work.data_ptr<P>() + o, keep});
         }
+        stream_fence();
       });
       return;
     }
@@ -334,6 +347,7 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
           nm_block::run_unit(units[i], u, int(m), int(n), buf, keys, write);
         }
       }
+      stream_fence();
     });
   });
   write_back(p);
