@@ -7,8 +7,9 @@ the fused step either its arguments (``step_args(schedule, t)``, for
 AdamW kernel body, so that no op carries every family's arguments.
 ``before_step``/``after_step`` run around the step (ADMM's projections);
 ``has_hooks`` says they do anything, ``ranking_at(opt, t)`` names the
-ranking of weights it makes in or right after step t (the steps
-``on_nonfinite="propagate"`` checks, with ``state_tensors``),
+ranking of weights across groups it makes in or right after step t (the
+steps ``on_nonfinite="propagate"`` checks, with ``state_tensors``; an n:m
+ranking is local and orders inf/NaN, so it is not named),
 ``fills_histogram`` whether its step
 op builds the level-0 histogram of |w| an event can select on, and
 ``fp32_state_keys`` names per-param state kept in fp32.
@@ -123,10 +124,17 @@ class AdmmProximal:
         return self.rho * self.rho_growth ** (t // self.admm_interval)
 
     def ranking_at(self, opt, t):
-        """The projection step t starts with (a fresh state's first) or
-        ends with, or None. The hard projection at t_e is the schedule's
-        event."""
-        if t >= opt.schedule.t_e:
+        """The global projection step t starts with (a fresh state's first)
+        or ends with, or None. The hard projection at t_e is the schedule's
+        event. An n:m projection is not named: each group keeps its n
+        largest |W + U| by nm.py's rule, under which inf and NaN rank above
+        every number, so an inf/NaN that reached W + U stays in its own
+        group, kept, and "propagate" lets it through as AdamW would. A
+        global projection's threshold is one number over every weight,
+        which an inf/NaN would corrupt everywhere."""
+        from .patterns import NMPattern
+
+        if t >= opt.schedule.t_e or isinstance(opt.pattern, NMPattern):
             return None
         if self._fresh(opt):
             return "the first ADMM projection"
@@ -243,8 +251,12 @@ class SrsteDecay:
         return dict(lambda_w=self.lambda_w)
 
     def ranking_at(self, opt, t):
-        """Step t's op recomputes M from |W| every ``mask_interval`` steps."""
-        return "the n:m mask update" if opt.schedule.updates_mask(t) else None
+        """None: its mask updates rank |W| within n:m groups only, by
+        nm.py's rule (inf and NaN above every number), so an inf/NaN that
+        reached W stays in its own group, kept, and the next forward pass
+        sees it, as it would after ``torch.optim.AdamW``. SR-STE's schedule
+        has no events, so "propagate" checks no SR-STE step."""
+        return None
 
     def state_tensors(self, opt):
         """The dense W."""

@@ -1,15 +1,19 @@
 """on_nonfinite="propagate": no per-step inf/NaN check, as torch.optim.AdamW.
 
 With finite gradients it is the same step as "raise" (bitwise, from the
-same state). An inf/NaN gradient between the steps that rank weights
-(pruning events, ADMM's projections, SR-STE's mask updates) reaches the
-weights it touches, as AdamW's would; the next such step refuses to rank it
-and changes nothing. The mask learner over frozen weights does not offer it.
+same state). An inf/NaN gradient between the steps that rank weights across
+groups (pruning events, ADMM's global projections) reaches the weights it
+touches, as AdamW's would; the next such step refuses to rank it and changes
+nothing. An n:m ranking (SR-STE's mask updates, ADMM's n:m projections)
+orders inf/NaN above every number, so it is not checked: the NaN is kept in
+its own group. The mask learner over frozen weights does not offer it.
 """
 import pytest
 import torch
 
 from mgpp_ext import ADMM, GMP, MGPP, PLATON, SRSTE, AdaptByPruning, MGPPPlaton, Movement
+from mgpp_ext.reference_nm import nm_mask_reference
+from mgpp_ext.regulariser_ops import unpack_dual_mask
 
 SCHED = dict(total_steps=24, initial_warmup_steps=2, final_finetune_steps=4, prune_interval=3,
              target_sparsity=0.5)
@@ -25,8 +29,9 @@ BUILDERS = {
                                          final_finetune_steps=4, **kw),
     "srste": lambda ps, **kw: SRSTE(ps, lr=1e-2, pattern="2:4", mask_interval=3, **kw),
 }
-# What each method's checked steps rank, as the error names it.
-RANKING = {"admm": "the ADMM projection", "admm_global": "the ADMM projection", "srste": "the n:m mask update"}
+# What each method's checked steps rank, as the error names it (n:m
+# rankings are not checked: SR-STE checks no step, n:m ADMM its event only).
+RANKING = {"admm_global": "the ADMM projection"}
 
 
 def make(device, method, on_nonfinite, seed=0):
@@ -69,12 +74,14 @@ def same(a, b):
 
 def checked_steps(method, opt, upto):
     """The steps "propagate" checks: those that rank weights."""
-    if method.startswith("admm"):
+    if method == "admm_global":
         # the first projection (before step 0), those after steps 3, 7, 11
         # and 15, and the hard projection at t_e = 24 - 4 - 1 (an event)
         return [t for t in [0, 3, 7, 11, 15, 19] if t < upto]
+    if method == "admm":
+        return [t for t in [19] if t < upto]  # its n:m projections are not checked; t_e is an event
     if method == "srste":
-        return list(range(0, upto, 3))  # its mask updates, every mask_interval steps
+        return []  # its n:m mask updates are not checked, and it has no events
     return [t for t in range(upto) if opt.schedule.is_event(t)]
 
 
@@ -115,17 +122,17 @@ def test_checks_exactly_the_steps_that_rank(device, method):
     assert [t for t, _ in seen] == want, f"{method}: checked {seen}, want {want}"
     for t, ranking in seen:
         expected = RANKING.get(method, "the pruning event")
-        if method.startswith("admm"):
+        if method == "admm_global":
             expected = ("the first ADMM projection" if t == 0 else
                         "the pruning event" if t == 19 else expected)
         assert ranking == expected, f"{method}: step {t} named {ranking!r}"
 
 
 def test_steps_checked_back_to_back_read_only_the_gradients(monkeypatch):
-    """SR-STE ranks every step with mask_interval=1: after the first check
-    every step was checked, so the weights cannot hold what a step let in,
-    and only the gradients are read (as "raise" does). A loaded state is
-    read in full again."""
+    """ADMM with a global pattern ranks every step with admm_interval=1:
+    after the first check every step was checked, so the weights cannot hold
+    what a step let in, and only the gradients are read (as "raise" does).
+    A loaded state is read in full again."""
     from mgpp_ext.engine import nonfinite
 
     reads = []
@@ -133,22 +140,26 @@ def test_steps_checked_back_to_back_read_only_the_gradients(monkeypatch):
     monkeypatch.setattr(nonfinite, "_all_finite", lambda xs: reads.append(1) or inner(xs))
     gen = torch.Generator().manual_seed(0)
     w = torch.nn.Parameter(torch.randn(8, 16, generator=gen))
-    opt = SRSTE([w], lr=1e-2, mask_interval=1, on_nonfinite="propagate")
+    opt = ADMM([w], lr=1e-2, total_steps=20, pattern=0.5, rho=0.5, admm_interval=1,
+               final_finetune_steps=4, on_nonfinite="propagate")
     for t in range(4):
         w.grad = torch.randn(w.shape, generator=gen)
         opt.step()
-    assert len(reads) == 2  # step 0: the weights and the dense W; no score state yet
+    assert len(reads) == 2  # step 0: the weights and Z, U (none yet); no score state yet
     opt.load_state_dict(opt.state_dict())
     w.grad = torch.randn(w.shape, generator=gen)
     opt.step()
-    assert len(reads) == 5  # the weights, the scores and the dense W of the loaded state
+    assert len(reads) == 5  # the weights, the scores and Z, U of the loaded state
 
 
 @pytest.mark.parametrize("method", sorted(BUILDERS))
 def test_nan_between_events_reaches_the_weights_and_the_next_event_refuses(device, method):
+    if method == "srste":
+        pytest.skip("SR-STE checks no step: see test_nm_rankings_keep_a_nan_in_its_group")
     ps, opt = make(device, method, "propagate")
     evs = checked_steps(method, opt, 20)
-    t_bad = next(t for t in range(evs[0] + 1, 20) if t not in evs)
+    # after the first checked step, or from step 1 where that is the only one
+    t_bad = next(t for t in range(evs[0] + 1 if len(evs) > 1 else 1, 20) if t not in evs)
     t_next = next(t for t in evs if t > t_bad)
     for t in range(t_next):
         fill(ps, t, nan_at=(1, 2) if t == t_bad else None)
@@ -166,10 +177,38 @@ def test_nan_between_events_reaches_the_weights_and_the_next_event_refuses(devic
 
 
 @pytest.mark.parametrize("method", sorted(BUILDERS))
+def test_nm_rankings_keep_a_nan_in_its_group(device, method):
+    """A NaN gradient under "propagate" reaches the weight it touches. An
+    n:m mask update or projection then ranks it above every number, by
+    nm.py's rule: it is kept, in its own group, and the forward pass sees it
+    (SR-STE's param holds W M). A global ranking refuses it instead."""
+    if method not in ("srste", "admm"):
+        pytest.skip("not an n:m ranking between events")
+    ps, opt = make(device, method, "propagate")
+    # SR-STE updates its mask at steps 0, 3, 6, 9; n:m ADMM projects after 3 and 7
+    for t in range(10):
+        fill(ps, t, nan_at=(1, 2) if t == 1 else None)
+        opt.step()
+    dim = opt.pattern.dims[0]
+    st = opt.state[ps[0]]
+    if method == "srste":
+        ranked, keep = opt.dense_weights()[0], st["nm_mask"]
+        assert torch.isnan(ps[0][1, 2]), "the forward pass does not see the kept NaN"
+    else:
+        ranked = st["admm_dual"]  # A = W + U at the projection after step 7
+        keep = unpack_dual_mask(st["admm_dual_mask"], ranked)
+    assert torch.isnan(ranked[1, 2]), f"{method}: the NaN gradient did not reach the ranked tensor"
+    assert keep[1, 2], f"{method}: the NaN was dropped, not kept"
+    assert torch.equal(keep.cpu(), nm_mask_reference(ranked.abs().cpu(), 2, 4, dim))
+
+
+@pytest.mark.parametrize("method", sorted(BUILDERS))
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
 def test_nonfinite_gradient_at_an_event_refused_before_anything_changes(device, method, bad):
+    if method == "srste":
+        pytest.skip("SR-STE checks no step")
     ps, opt = make(device, method, "propagate")
-    t_ev = checked_steps(method, opt, 20)[1]
+    t_ev = checked_steps(method, opt, 20)[-1 if method == "admm" else 1]
     for t in range(t_ev):
         fill(ps, t)
         opt.step()

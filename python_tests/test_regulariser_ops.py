@@ -126,11 +126,21 @@ def test_admm_step_non_contiguous_and_closed_gate():
 
 
 # ------------------------------------------------------------ ADMM projections
+@pytest.mark.parametrize("edge", ["random", "inf_nan"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_admm_project_matches_reference(case, dtype):
+def test_admm_project_matches_reference(case, dtype, edge):
+    """inf_nan: inf/NaN in W and in U, as an unchecked step under
+    on_nonfinite="propagate" can leave them; the n:m rule ranks them above
+    every number."""
     shapes, dims, n, mm = CASES[case]
     p, _, _, _, a, k = state(shapes, dtype, torch.float32, "random", seed=10 + case)
+    if edge == "inf_nan":
+        for x, y in zip(p, a):
+            x.view(-1)[::23] = float("nan")
+            x.view(-1)[4::29] = float("-inf")
+            y.view(-1)[7::31] = float("inf")
+            y.view(-1)[11::37] = float("nan")
     ra, rk = clone(a), clone(k)
     rops.admm_project_(p, a, k, n, mm, dims)
     ref.admm_project_(p, ra, rk, n, mm, dims)

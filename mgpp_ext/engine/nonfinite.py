@@ -3,8 +3,10 @@
 A step whose gradients hold an inf or a NaN changes nothing: under
 ``on_nonfinite="raise"`` it raises, under ``"skip"`` it is counted and the
 schedule does not advance. Under ``"propagate"`` only the steps that rank
-weights are checked (``_check_event_inputs``): pruning events, and a
-regulariser's own rankings (ADMM's projections, SR-STE's mask updates).
+weights across groups are checked (``_check_event_inputs``): pruning
+events, and a regulariser's own rankings (ADMM's global projections; an
+n:m ranking, as SR-STE's mask updates, orders inf/NaN above every number
+within its group and is not checked).
 The steps between them behave as ``torch.optim.AdamW``'s, for runs whose
 gradients are already checked (``GradScaler`` skips such steps itself),
 which then do not pay for a second read of every gradient each step. On CPU the check is read at once. On CUDA a step

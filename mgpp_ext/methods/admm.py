@@ -38,7 +38,10 @@ class ADMM(PruningOptimizer):
         admm_interval: steps between projections.
         final_finetune_steps: steps after the hard projection, mask fixed.
         on_nonfinite: as in ``MGPP``; ``"propagate"`` checks the steps
-            that start or end with a projection (and the hard projection's).
+            that start or end with a global projection, and the hard
+            projection's. An n:m projection is not checked: it ranks within
+            groups, where inf and NaN rank above every number, so an inf/NaN
+            in W + U is kept in its own group.
 
     State per prunable weight: AdamW's moments, plus 4 bytes and 1 bit for
     Z and U together during the ADMM phase (see ``AdmmProximal``).

@@ -56,10 +56,12 @@ class MGPP(PruningOptimizer):
             within the call, as CPU steps do. ``"propagate"`` checks no
             step, as ``torch.optim.AdamW``: an inf/NaN gradient reaches the
             weights it touches. Only the steps that rank weights are
-            checked (pruning events here; also ADMM's projections and
-            SR-STE's mask updates: gradients, weights, scores and the
-            regulariser's state, before the step changes anything), and
-            raise, since nothing can rank an inf/NaN. Use it
+            checked (pruning events here; also ADMM's global projections:
+            gradients, weights, scores and the regulariser's state, before
+            the step changes anything), and raise, since an inf/NaN would
+            corrupt a threshold over every weight. An n:m ranking (SR-STE's
+            mask updates, ADMM's n:m projections) is not checked: within a
+            group inf and NaN rank above every number, so they are kept. Use it
             where the gradients are checked already (``GradScaler``, or
             ``clip_grad_norm_(..., error_if_nonfinite=True)``): it saves
             the check's read of every gradient, about a seventh of the

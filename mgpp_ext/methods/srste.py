@@ -37,9 +37,11 @@ class SRSTE(PruningOptimizer):
         pattern: ``"n:m"``, e.g. ``"2:4"``.
         lambda_w: the decay of the masked weights (the paper's 2e-4).
         mask_interval: steps between mask updates (1: every step).
-        on_nonfinite: as in ``MGPP``; ``"propagate"`` checks the steps that
-            update the mask (so with ``mask_interval=1`` every step, as
-            ``"raise"`` does).
+        on_nonfinite: as in ``MGPP``; ``"propagate"`` checks no step: a
+            mask update ranks within n:m groups, where inf and NaN rank
+            above every number, so an inf/NaN that reached W is kept in its
+            own group and shows in the next forward pass, as after
+            ``torch.optim.AdamW``.
 
     ``dense_weights()`` returns the dense W. State per prunable weight:
     AdamW's moments, the dense W (the param's dtype) and the mask (bool).
