@@ -230,6 +230,27 @@ def time_fn(fn, device, warmup, repeat):
                 samples=len(samples))
 
 
+def time_round_robin(fns, device, warmup, repeat):
+    """``time_fn`` over several callables at once: each repetition times one
+    call of every case in turn, so that a slow spell of a shared machine
+    (another tenant's memory traffic) falls on every case alike instead of
+    on whichever case was being timed then. Returns {case: stats}."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    samples = {case: [] for case in fns}
+    for _ in range(repeat):
+        for case, fn in fns.items():
+            sync(device)
+            t0 = CLOCK()
+            fn()
+            sync(device)
+            samples[case].append(CLOCK() - t0)
+    return {case: dict(median_s=statistics.median(xs), min_s=min(xs), max_s=max(xs), samples=len(xs))
+            for case, xs in samples.items()}
+
+
 def _proc_status_kib(key):
     with open("/proc/self/status") as f:
         for line in f:
@@ -689,7 +710,7 @@ def main(argv=None):
         if args.regularisers != "off":
             params, grads = make_tensors(shapes, dtype, device)
             rows[size]["regularisers"] = regulariser_cases.bench(
-                params, grads, device, warmup, repeat, time_fn, adamw, CHECK_LIMIT)
+                params, grads, device, warmup, repeat, time_round_robin, adamw, CHECK_LIMIT)
             del params, grads
             gc.collect()
         if device.type == "cuda":

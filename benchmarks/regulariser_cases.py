@@ -163,18 +163,20 @@ def build(case, params, grads, adamw):
     raise ValueError(case)
 
 
-def bench(params, grads, device, warmup, repeat, time_fn, adamw, check_limit):
-    """The timings, ratios and check of one size."""
+def bench(params, grads, device, warmup, repeat, time_cases, adamw, check_limit):
+    """The timings, ratios and check of one size. Every case is built first
+    and ``time_cases`` times them round-robin (one call of each per
+    repetition), so that the ratios to (c) compare calls made at the same
+    time on a shared machine."""
     m, total = 0, 0
     while m < len(params) and (m == 0 or total + params[m].numel() <= check_limit):
         total += params[m].numel()
         m += 1
     row = dict(check=check(params[:m], grads[:m]) if device.type == "cpu" else None, cases={})
-    for case in REG_CASES:
-        fn = build(case, params, grads, adamw)
-        row["cases"][case] = time_fn(fn, device, warmup, repeat)
-        del fn
-        gc.collect()
+    fns = {case: build(case, params, grads, adamw) for case in REG_CASES}
+    row["cases"] = time_cases(fns, device, warmup, repeat)
+    del fns
+    gc.collect()
     c = row["cases"]
     med = lambda x: c[x]["median_s"]  # noqa: E731
     row["ratios"] = dict(r1_over_c=med("r1") / med("c"), r1n_over_c=med("r1n") / med("c"),

@@ -38,13 +38,13 @@ struct AdmmTerm {
   const uint8_t* bits;  // bit i is element i of this chunk (chunks start on a byte)
   float rho;
 
-  fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
+  C10_ALWAYS_INLINE fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
     const fVec av = fVec::loadu(a + i);
     const fVec z = av & load_bits_keep(bits, i);
     const fVec u = av ^ z;
     return g + fVec(rho) * ((p - z) + u);
   }
-  float operator()(const float& p, const float& g, int64_t i) const {
+  C10_ALWAYS_INLINE float operator()(const float& p, const float& g, int64_t i) const {
     const bool keep = (bits[i >> 3] >> (i & 7)) & 1;
     const float z = keep ? a[i] : 0.0f;
     const float u = keep ? 0.0f : a[i];
@@ -57,10 +57,10 @@ struct SrsteTerm {
   const bool* keep;
   float lambda_w;
 
-  fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
+  C10_ALWAYS_INLINE fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
     return fVec::blendv(g + fVec(lambda_w) * p, g, load_keep1(keep + i));
   }
-  float operator()(const float& p, const float& g, int64_t i) const {
+  C10_ALWAYS_INLINE float operator()(const float& p, const float& g, int64_t i) const {
     return keep[i] ? g : g + lambda_w * p;
   }
 };
@@ -72,12 +72,12 @@ template <typename W>
 struct StoreMasked {
   W* param;
   const bool* keep;
-  void operator()(fVec& p0, fVec& p1, int64_t i) const {
+  C10_ALWAYS_INLINE void operator()(fVec& p0, fVec& p1, int64_t i) const {
     fVec k0, k1;
     load_keep2(keep + i, k0, k1);
     stream2(param + i, p0 & k0, p1 & k1);
   }
-  void operator()(float& p, int64_t i) const {
+  C10_ALWAYS_INLINE void operator()(float& p, int64_t i) const {
     param[i] = static_cast<W>(keep[i] ? p : 0.0f);
   }
 };
