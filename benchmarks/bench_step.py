@@ -230,11 +230,20 @@ def time_fn(fn, device, warmup, repeat):
                 samples=len(samples))
 
 
+# Written before every round-robin call: larger than any last-level cache
+# here, so each call starts from the same cache, full of another pass's
+# dirty lines (as an optimizer step finds it after the backward pass), not
+# from whatever the case timed before it left.
+FLUSH_BYTES = 256 << 20
+
+
 def time_round_robin(fns, device, warmup, repeat):
     """``time_fn`` over several callables at once: each repetition times one
     call of every case in turn, so that a slow spell of a shared machine
     (another tenant's memory traffic) falls on every case alike instead of
-    on whichever case was being timed then. Returns {case: stats}."""
+    on whichever case was being timed then. An untimed write of
+    FLUSH_BYTES precedes every call. Returns {case: stats}."""
+    flush = torch.zeros(FLUSH_BYTES // 4, dtype=torch.float32, device=device)
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -242,6 +251,7 @@ def time_round_robin(fns, device, warmup, repeat):
     samples = {case: [] for case in fns}
     for _ in range(repeat):
         for case, fn in fns.items():
+            flush.add_(1.0)
             sync(device)
             t0 = CLOCK()
             fn()

@@ -117,6 +117,18 @@ void mask_bytes(bool* mask, const int32_t* keep, int64_t len) {
   for (int64_t j = 0; j < len; ++j) out[j] = static_cast<uint8_t>(keep[j] & 1);
 }
 
+// The order keys of the updated fp32 dense weights (nm::abs_key), taken
+// from the registers adamw_block is about to store instead of reading the
+// stored block back.
+struct AbsKeys {
+  int32_t* out;
+  C10_ALWAYS_INLINE void operator()(fVec& p0, fVec& p1, int64_t i) const {
+    nm_block::key_vec<true>(p0).store(out + i);
+    nm_block::key_vec<true>(p1).store(out + i + fVec::size());
+  }
+  C10_ALWAYS_INLINE void operator()(float& p, int64_t i) const { out[i] = nm::abs_key(p); }
+};
+
 void check_cpu_list(at::TensorList ts, const char* op, const char* name) {
   for (size_t i = 0; i < ts.size(); ++i) {
     TORCH_CHECK_VALUE(ts[i].device().is_cpu(), op, ": '", reg::entry(name, i),
@@ -336,8 +348,12 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
         S* vi = v[i].work.data_ptr<S>();
         bool* ki = k[i].work.data_ptr<bool>();
         const auto keys = [&](int64_t o, int64_t len, int32_t* out) {
-          adamw_block(wi + o, gi + o, mi + o, vi + o, len, c, SrsteTerm{ki + o, lam}, NoPost{});
-          nm_block::keys_row<P, true>(wi + o, len, out);
+          if constexpr (std::is_same_v<P, float>) {
+            adamw_block(wi + o, gi + o, mi + o, vi + o, len, c, SrsteTerm{ki + o, lam}, AbsKeys{out});
+          } else {  // keys of the rounded weights, as stored
+            adamw_block(wi + o, gi + o, mi + o, vi + o, len, c, SrsteTerm{ki + o, lam}, NoPost{});
+            nm_block::keys_row<P, true>(wi + o, len, out);
+          }
         };
         const auto write = [&](int64_t o, const int32_t* keep, int64_t len) {
           mask_bytes(ki + o, keep, len);
