@@ -34,7 +34,7 @@ struct PriorConsts {
 // from zero, and then 1/(1+inf) is exactly 0, never NaN. exp_fp32 is the
 // same function in vector lanes and the tail, on every CPU (exp_fp32.h).
 template <typename V>
-inline V prior_grad_exact(const V& p, const PriorConsts& c) {
+C10_ALWAYS_INLINE V prior_grad_exact(const V& p, const PriorConsts& c) {
   const V one(1.0f);
   V z = V(c.c1) + V(c.c2) * (p * p);
   V p0 = one / (one + exp_fp32(z));
