@@ -10,12 +10,25 @@ from __future__ import annotations
 import torch
 
 
+_DTENSOR = None
+
+
+def _dtensor_class():
+    """DTensor, or () where torch is built without distributed (isinstance
+    against () is False). Looked up once: a step asks for every tensor it
+    touches, and an import statement per call cost more than the check."""
+    global _DTENSOR
+    if _DTENSOR is None:
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:
+            DTensor = ()
+        _DTENSOR = DTensor
+    return _DTENSOR
+
+
 def is_dtensor(t):
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return False
-    return isinstance(t, DTensor)
+    return isinstance(t, _dtensor_class())
 
 
 def local(t):
