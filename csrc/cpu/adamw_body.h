@@ -19,7 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include <c10/macros/Macros.h>
+#include "vec_inline.h"
 
 #include "../bias_correction.h"
 #include "../step_checks.h"
@@ -99,16 +99,15 @@ void dispatch_param_state(at::ScalarType pt, at::ScalarType st, const F& f) {
   }
 }
 
-C10_ALWAYS_INLINE float vsqrt(float x) { return std::sqrt(x); }
-C10_ALWAYS_INLINE fVec vsqrt(const fVec& x) { return x.sqrt(); }
+MGPP_VEC_INLINE float vsqrt(float x) { return std::sqrt(x); }
+MGPP_VEC_INLINE fVec vsqrt(const fVec& x) { return x.sqrt(); }
 
 // AdamW given the gradient after the family's term. V is float or fVec.
-// Forced inline, as adamw_element and the terms: GCC otherwise keeps the
-// vector form an out-of-line call per 8 lanes, its operands passed through
-// memory and its constants re-broadcast on every call, which made the step
-// compute-bound (1.6x torch's fused AdamW on one AVX2 core).
+// Forced inline in the vector builds, as adamw_element and the terms
+// (vec_inline.h): out of line it made the step 1.6x torch's fused AdamW on
+// one AVX2 core.
 template <typename V>
-C10_ALWAYS_INLINE void adamw_update(V& p, const V& g, V& m, V& v, const AdamWConsts& c) {
+MGPP_VEC_INLINE void adamw_update(V& p, const V& g, V& m, V& v, const AdamWConsts& c) {
   p = p * V(c.decay);
   m = V(c.beta1) * m + V(c.one_minus_beta1) * g;
   v = V(c.beta2) * v + V(c.one_minus_beta2) * (g * g);
@@ -118,7 +117,7 @@ C10_ALWAYS_INLINE void adamw_update(V& p, const V& g, V& m, V& v, const AdamWCon
 
 // One element (or vector) of a step: g' = term(p, g), then AdamW.
 template <typename V, typename Term>
-C10_ALWAYS_INLINE void adamw_element(V& p, const V& g, V& m, V& v, const AdamWConsts& c, const Term& term,
+MGPP_VEC_INLINE void adamw_element(V& p, const V& g, V& m, V& v, const AdamWConsts& c, const Term& term,
                           int64_t i) {
   const V gt = term(p, g, i);
   adamw_update(p, gt, m, v, c);
@@ -127,15 +126,15 @@ C10_ALWAYS_INLINE void adamw_element(V& p, const V& g, V& m, V& v, const AdamWCo
 // The plain AdamW gradient.
 struct NoTerm {
   template <typename V>
-  C10_ALWAYS_INLINE V operator()(const V&, const V& g, int64_t) const {
+  MGPP_VEC_INLINE V operator()(const V&, const V& g, int64_t) const {
     return g;
   }
 };
 
 // What happens to the updated weight before it is stored: nothing.
 struct NoPost {
-  C10_ALWAYS_INLINE void operator()(fVec&, fVec&, int64_t) const {}
-  C10_ALWAYS_INLINE void operator()(float&, int64_t) const {}
+  MGPP_VEC_INLINE void operator()(fVec&, fVec&, int64_t) const {}
+  MGPP_VEC_INLINE void operator()(float&, int64_t) const {}
 };
 
 // n elements: the vector body (kBlock elements per iteration) and the scalar

@@ -5,14 +5,14 @@
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
-#include <c10/macros/Macros.h>
+#include "vec_inline.h"
 
 #include "../exp_fp32.h"
 
 namespace mgpp_ext {
 namespace cpu {
 
-C10_ALWAYS_INLINE at::vec::Vectorized<float> exp_fp32(const at::vec::Vectorized<float>& x) {
+MGPP_VEC_INLINE at::vec::Vectorized<float> exp_fp32(const at::vec::Vectorized<float>& x) {
   using fV = at::vec::Vectorized<float>;
   using iV = at::vec::Vectorized<int32_t>;
   namespace e = mgpp_ext::exp_fp32;
@@ -40,7 +40,7 @@ C10_ALWAYS_INLINE at::vec::Vectorized<float> exp_fp32(const at::vec::Vectorized<
   return fV::blendv(y, x, nan);
 }
 
-C10_ALWAYS_INLINE float exp_fp32(float x) { return mgpp_ext::exp_fp32::exp(x); }
+MGPP_VEC_INLINE float exp_fp32(float x) { return mgpp_ext::exp_fp32::exp(x); }
 
 }  // namespace cpu
 }  // namespace mgpp_ext

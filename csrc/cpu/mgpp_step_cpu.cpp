@@ -34,15 +34,15 @@ struct PriorConsts {
 // from zero, and then 1/(1+inf) is exactly 0, never NaN. exp_fp32 is the
 // same function in vector lanes and the tail, on every CPU (exp_fp32.h).
 template <typename V>
-C10_ALWAYS_INLINE V prior_grad_exact(const V& p, const PriorConsts& c) {
+MGPP_VEC_INLINE V prior_grad_exact(const V& p, const PriorConsts& c) {
   const V one(1.0f);
   V z = V(c.c1) + V(c.c2) * (p * p);
   V p0 = one / (one + exp_fp32(z));
   return (p * V(c.inv_n)) * (p0 * V(c.inv_s0) + (one - p0) * V(c.inv_s1));
 }
 // Forced inline (see adamw_update): the fast path is a few lanes' work.
-C10_ALWAYS_INLINE float prior_grad(float p, const PriorConsts& c) { return prior_grad_exact(p, c); }
-C10_ALWAYS_INLINE fVec prior_grad(const fVec& p, const PriorConsts& c) {
+MGPP_VEC_INLINE float prior_grad(float p, const PriorConsts& c) { return prior_grad_exact(p, c); }
+MGPP_VEC_INLINE fVec prior_grad(const fVec& p, const PriorConsts& c) {
   // Almost every trained weight sits far out in the slab, where p0 cannot
   // change the fp32 result, or is a pruned exact zero, whose prior term is
   // +-0 whatever p0 is. For a vector made only of those the formula with
@@ -57,7 +57,7 @@ C10_ALWAYS_INLINE fVec prior_grad(const fVec& p, const PriorConsts& c) {
 struct PriorTerm {
   PriorConsts c;
   template <typename V>
-  C10_ALWAYS_INLINE V operator()(const V& p, const V& g, int64_t) const {
+  MGPP_VEC_INLINE V operator()(const V& p, const V& g, int64_t) const {
     return g + prior_grad(p, c);
   }
 };
@@ -66,13 +66,13 @@ struct PriorTerm {
 // pruned weight is +0, never -0/NaN.
 struct KeepMask {
   const bool* mask;
-  C10_ALWAYS_INLINE void operator()(fVec& p0, fVec& p1, int64_t i) const {
+  MGPP_VEC_INLINE void operator()(fVec& p0, fVec& p1, int64_t i) const {
     fVec k0, k1;
     load_keep2(mask + i, k0, k1);
     p0 = p0 & k0;
     p1 = p1 & k1;
   }
-  C10_ALWAYS_INLINE void operator()(float& p, int64_t i) const {
+  MGPP_VEC_INLINE void operator()(float& p, int64_t i) const {
     if (!mask[i]) p = 0.0f;
   }
 };

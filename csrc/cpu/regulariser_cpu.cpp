@@ -38,13 +38,13 @@ struct AdmmTerm {
   const uint8_t* bits;  // bit i is element i of this chunk (chunks start on a byte)
   float rho;
 
-  C10_ALWAYS_INLINE fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
+  MGPP_VEC_INLINE fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
     const fVec av = fVec::loadu(a + i);
     const fVec z = av & load_bits_keep(bits, i);
     const fVec u = av ^ z;
     return g + fVec(rho) * ((p - z) + u);
   }
-  C10_ALWAYS_INLINE float operator()(const float& p, const float& g, int64_t i) const {
+  MGPP_VEC_INLINE float operator()(const float& p, const float& g, int64_t i) const {
     const bool keep = (bits[i >> 3] >> (i & 7)) & 1;
     const float z = keep ? a[i] : 0.0f;
     const float u = keep ? 0.0f : a[i];
@@ -57,10 +57,10 @@ struct SrsteTerm {
   const bool* keep;
   float lambda_w;
 
-  C10_ALWAYS_INLINE fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
+  MGPP_VEC_INLINE fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
     return fVec::blendv(g + fVec(lambda_w) * p, g, load_keep1(keep + i));
   }
-  C10_ALWAYS_INLINE float operator()(const float& p, const float& g, int64_t i) const {
+  MGPP_VEC_INLINE float operator()(const float& p, const float& g, int64_t i) const {
     return keep[i] ? g : g + lambda_w * p;
   }
 };
@@ -72,12 +72,12 @@ template <typename W>
 struct StoreMasked {
   W* param;
   const bool* keep;
-  C10_ALWAYS_INLINE void operator()(fVec& p0, fVec& p1, int64_t i) const {
+  MGPP_VEC_INLINE void operator()(fVec& p0, fVec& p1, int64_t i) const {
     fVec k0, k1;
     load_keep2(keep + i, k0, k1);
     stream2(param + i, p0 & k0, p1 & k1);
   }
-  C10_ALWAYS_INLINE void operator()(float& p, int64_t i) const {
+  MGPP_VEC_INLINE void operator()(float& p, int64_t i) const {
     param[i] = static_cast<W>(keep[i] ? p : 0.0f);
   }
 };
@@ -122,11 +122,11 @@ void mask_bytes(bool* mask, const int32_t* keep, int64_t len) {
 // stored block back.
 struct AbsKeys {
   int32_t* out;
-  C10_ALWAYS_INLINE void operator()(fVec& p0, fVec& p1, int64_t i) const {
+  MGPP_VEC_INLINE void operator()(fVec& p0, fVec& p1, int64_t i) const {
     nm_block::key_vec<true>(p0).store(out + i);
     nm_block::key_vec<true>(p1).store(out + i + fVec::size());
   }
-  C10_ALWAYS_INLINE void operator()(float& p, int64_t i) const { out[i] = nm::abs_key(p); }
+  MGPP_VEC_INLINE void operator()(float& p, int64_t i) const { out[i] = nm::abs_key(p); }
 };
 
 void check_cpu_list(at::TensorList ts, const char* op, const char* name) {

@@ -22,12 +22,12 @@ struct MovementTerm {
   float* s;
   float score_lr;
 
-  C10_ALWAYS_INLINE fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
+  MGPP_VEC_INLINE fVec operator()(const fVec& p, const fVec& g, int64_t i) const {
     const fVec sv = fVec::loadu(s + i) - fVec(score_lr) * (g * p);
     sv.store(s + i);
     return g;
   }
-  C10_ALWAYS_INLINE float operator()(const float& p, const float& g, int64_t i) const {
+  MGPP_VEC_INLINE float operator()(const float& p, const float& g, int64_t i) const {
     s[i] = s[i] - score_lr * (g * p);
     return g;
   }
