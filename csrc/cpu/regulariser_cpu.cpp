@@ -129,6 +129,81 @@ struct AbsKeys {
   MGPP_VEC_INLINE void operator()(float& p, int64_t i) const { out[i] = nm::abs_key(p); }
 };
 
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr bool kHaveSrsteM4 = true;
+// SR-STE's mask-updating step over len fp32 elements of contiguous groups
+// of 4 (len a multiple of 4), 32 elements (8 groups) at a time in
+// registers: AdamW on four vectors (adamw_element with SrsteTerm, which
+// reads the old mask before it is overwritten), their order keys, the n:4
+// selection (nm_block's 4 x 4 transposes and select_rows), then M and W M
+// written straight from the keep lanes. The same operations as the general
+// path (adamw_block, keys, select, mask_bytes, masked_copy), so the same
+// bits, but no keys or keep buffer between passes, and the streaming stores
+// of W M interleave with the arithmetic instead of following it in a burst
+// the write-combining buffers cannot absorb. The last groups (fewer than 8)
+// take the scalar forms.
+void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, float* param,
+                  int64_t len, int n, const AdamWConsts& c_in, float lam) {
+  const AdamWConsts c = c_in;  // local: stores through the float pointers could alias it
+  const SrsteTerm term{keep, lam};
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i one = _mm256_set1_epi8(1);
+  int64_t j = 0;
+  for (; j + 32 <= len; j += 32) {
+    fVec p[4];
+    __m256i k[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const int64_t i = j + r * fVec::size();
+      fVec pr = fVec::loadu(w + i), mr = fVec::loadu(mo + i), vr = fVec::loadu(v + i);
+      adamw_element(pr, fVec::loadu(g + i), mr, vr, c, term, i);
+      pr.store(w + i);
+      mr.store(mo + i);
+      vr.store(v + i);
+      p[r] = pr;
+      k[r] = nm_block::key_vec<true>(pr);
+    }
+    nm_block::transpose4(k);
+    nm_block::select_rows<4>(k, n);
+    nm_block::transpose4(k);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      stream1(param + j + r * fVec::size(), p[r] & fVec(_mm256_castsi256_ps(k[r])));
+    }
+    // 32 keep lanes (-1 / 0) to 32 mask bytes (1 / 0): the packs work per
+    // 128-bit half, leaving 4-byte runs in the order the permute undoes.
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(k[0], k[1]),
+                                         _mm256_packs_epi32(k[2], k[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(keep + j),
+                        _mm256_and_si256(_mm256_permutevar8x32_epi32(b, order), one));
+  }
+  for (; j < len; j += 4) {
+    float pf[4];
+    int32_t key[4];
+    for (int e = 0; e < 4; ++e) {
+      const int64_t i = j + e;
+      float pe = w[i], me = mo[i], ve = v[i];
+      adamw_element(pe, g[i], me, ve, c, term, i);
+      w[i] = pe;
+      mo[i] = me;
+      v[i] = ve;
+      pf[e] = pe;
+      key[e] = nm::abs_key(pe);
+    }
+    const uint32_t km = nm::keep_mask<4>(key, n);
+    for (int e = 0; e < 4; ++e) {
+      const bool kept = (km >> e) & 1u;
+      keep[j + e] = kept;
+      param[j + e] = kept ? pf[e] : 0.0f;
+    }
+  }
+}
+#else
+constexpr bool kHaveSrsteM4 = false;
+void srste_m4_run(float*, const float*, float*, float*, bool*, float*, int64_t, int,
+                  const AdamWConsts&, float) {}
+#endif
+
 void check_cpu_list(at::TensorList ts, const char* op, const char* name) {
   for (size_t i = 0; i < ts.size(); ++i) {
     TORCH_CHECK_VALUE(ts[i].device().is_cpu(), op, ": '", reg::entry(name, i),
@@ -359,8 +434,20 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
           mask_bytes(ki + o, keep, len);
           masked_copy(pi_ + o, wi + o, keep, len);
         };
+        const nm_block::Units& U = units[i];
+        if constexpr (std::is_same_v<P, float> && std::is_same_v<S, float>) {
+          if (kHaveSrsteM4 && m == 4 && U.layout.inner == 1) {
+            // Contiguous groups of 4: whole blocks of groups in registers.
+            const int64_t groups = U.layout.outer * U.layout.size / 4;
+            const int64_t g0 = piece.begin * U.block_groups;
+            const int64_t g1 = std::min(groups, piece.end * U.block_groups);
+            srste_m4_run(wi + 4 * g0, gi + 4 * g0, mi + 4 * g0, vi + 4 * g0, ki + 4 * g0,
+                         pi_ + 4 * g0, 4 * (g1 - g0), int(n), c, lam);
+            continue;
+          }
+        }
         for (int64_t u = piece.begin; u < piece.end; ++u) {
-          nm_block::run_unit(units[i], u, int(m), int(n), buf, keys, write);
+          nm_block::run_unit(U, u, int(m), int(n), buf, keys, write);
         }
       }
       stream_fence();
