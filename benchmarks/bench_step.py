@@ -226,6 +226,10 @@ def time_fn(fn, device, warmup, repeat):
         fn()
         sync(device)
         samples.append(CLOCK() - t0)
+    return _stats(samples)
+
+
+def _stats(samples):
     return dict(median_s=statistics.median(samples), min_s=min(samples), max_s=max(samples),
                 samples=len(samples))
 
@@ -257,8 +261,7 @@ def time_round_robin(fns, device, warmup, repeat):
             fn()
             sync(device)
             samples[case].append(CLOCK() - t0)
-    return {case: dict(median_s=statistics.median(xs), min_s=min(xs), max_s=max(xs), samples=len(xs))
-            for case, xs in samples.items()}
+    return {case: _stats(xs) for case, xs in samples.items()}
 
 
 def _proc_status_kib(key):

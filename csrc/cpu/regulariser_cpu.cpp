@@ -130,7 +130,6 @@ struct AbsKeys {
 };
 
 #if defined(CPU_CAPABILITY_AVX2)
-constexpr bool kHaveSrsteM4 = true;
 // SR-STE's mask-updating step over len fp32 elements of contiguous groups
 // of 4 (len a multiple of 4), 32 elements (8 groups) at a time in
 // registers: AdamW on four vectors (adamw_element with SrsteTerm, which
@@ -198,11 +197,7 @@ void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, flo
     }
   }
 }
-#else
-constexpr bool kHaveSrsteM4 = false;
-void srste_m4_run(float*, const float*, float*, float*, bool*, float*, int64_t, int,
-                  const AdamWConsts&, float) {}
-#endif
+#endif  // CPU_CAPABILITY_AVX2
 
 void check_cpu_list(at::TensorList ts, const char* op, const char* name) {
   for (size_t i = 0; i < ts.size(); ++i) {
@@ -435,8 +430,9 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
           masked_copy(pi_ + o, wi + o, keep, len);
         };
         const nm_block::Units& U = units[i];
+#if defined(CPU_CAPABILITY_AVX2)
         if constexpr (std::is_same_v<P, float> && std::is_same_v<S, float>) {
-          if (kHaveSrsteM4 && m == 4 && U.layout.inner == 1) {
+          if (m == 4 && U.layout.inner == 1) {
             // Contiguous groups of 4: whole blocks of groups in registers.
             const int64_t groups = U.layout.outer * U.layout.size / 4;
             const int64_t g0 = piece.begin * U.block_groups;
@@ -446,6 +442,7 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
             continue;
           }
         }
+#endif
         for (int64_t u = piece.begin; u < piece.end; ++u) {
           nm_block::run_unit(U, u, int(m), int(n), buf, keys, write);
         }
