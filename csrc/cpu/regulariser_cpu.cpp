@@ -129,31 +129,88 @@ struct AbsKeys {
   MGPP_VEC_INLINE void operator()(float& p, int64_t i) const { out[i] = nm::abs_key(p); }
 };
 
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+using nm_block::iVec;
+
+// The n:4 keep lanes (-1 / 0) of the groups in k, in place; each 128-bit
+// lane of k holds one group of 4. nm_block's 4 x 4 transposes and
+// select_rows work on 256-bit vectors, so a 512-bit vector goes through
+// them as its two halves (each half of the four vectors is eight groups).
+MGPP_VEC_INLINE void select4_lanes(iVec (&k)[4], int n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m256i lo[4], hi[4];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) {
+    const __m512i x = k[r];
+    lo[r] = _mm512_castsi512_si256(x);
+    hi[r] = _mm512_extracti64x4_epi64(x, 1);
+  }
+  nm_block::transpose4(lo);
+  nm_block::select_rows<4>(lo, n);
+  nm_block::transpose4(lo);
+  nm_block::transpose4(hi);
+  nm_block::select_rows<4>(hi, n);
+  nm_block::transpose4(hi);
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) k[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[r]), hi[r], 1);
+#else
+  __m256i v[4];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) v[r] = k[r];
+  nm_block::transpose4(v);
+  nm_block::select_rows<4>(v, n);
+  nm_block::transpose4(v);
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) k[r] = v[r];
+#endif
+}
+
+// The 4 * fVec::size() keep lanes of k (-1 / 0, in element order k[0],
+// k[1], ...) as mask bytes (1 / 0) at out.
+MGPP_VEC_INLINE void store_keep_bytes(bool* out, const iVec (&k)[4]) {
+#if defined(CPU_CAPABILITY_AVX512)
+  // Each vector's 16 lanes truncated to bytes (-1 -> 0xff), then to 1 / 0.
+  const __m128i one = _mm_set1_epi8(1);
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * r),
+                     _mm_and_si128(_mm512_cvtepi32_epi8(k[r]), one));
+  }
+#else
+  // The packs work per 128-bit half, leaving 4-byte runs in the order the
+  // permute undoes.
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(k[0], k[1]),
+                                       _mm256_packs_epi32(k[2], k[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
+                      _mm256_and_si256(_mm256_permutevar8x32_epi32(b, order),
+                                       _mm256_set1_epi8(1)));
+#endif
+}
+
 // SR-STE's mask-updating step over len fp32 elements of contiguous groups
-// of 4 (len a multiple of 4), 32 elements (8 groups) at a time in
-// registers: AdamW on four vectors (adamw_element with SrsteTerm, which
-// reads the old mask before it is overwritten), their order keys, the n:4
-// selection (nm_block's 4 x 4 transposes and select_rows), then M and W M
-// written straight from the keep lanes. The same operations as the general
-// path (adamw_block, keys, select, mask_bytes, masked_copy), so the same
-// bits, but no keys or keep buffer between passes, and the streaming stores
-// of W M interleave with the arithmetic instead of following it in a burst
-// the write-combining buffers cannot absorb. The last groups (fewer than 8)
-// take the scalar forms.
+// of 4 (len a multiple of 4), four vectors (8 groups on AVX2, 16 on
+// AVX-512) at a time in registers: AdamW on the four (adamw_element with
+// SrsteTerm, which reads the old mask before it is overwritten), their
+// order keys, the n:4 selection, then M and W M written straight from the
+// keep lanes. The same operations as the general path (adamw_block, keys,
+// select, mask_bytes, masked_copy), so the same bits, but no keys or keep
+// buffer between passes, and the streaming stores of W M interleave with
+// the arithmetic instead of following it in a burst the write-combining
+// buffers cannot absorb. The last groups (fewer than four vectors) take the
+// scalar forms.
 void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, float* param,
                   int64_t len, int n, const AdamWConsts& c_in, float lam) {
   const AdamWConsts c = c_in;  // local: stores through the float pointers could alias it
   const SrsteTerm term{keep, lam};
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  const __m256i one = _mm256_set1_epi8(1);
+  constexpr int64_t kL = fVec::size();
   int64_t j = 0;
-  for (; j + 32 <= len; j += 32) {
+  for (; j + 4 * kL <= len; j += 4 * kL) {
     fVec p[4];
-    __m256i k[4];
+    iVec k[4];
 #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
-      const int64_t i = j + r * fVec::size();
+      const int64_t i = j + r * kL;
       fVec pr = fVec::loadu(w + i), mr = fVec::loadu(mo + i), vr = fVec::loadu(v + i);
       adamw_element(pr, fVec::loadu(g + i), mr, vr, c, term, i);
       pr.store(w + i);
@@ -162,19 +219,10 @@ void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, flo
       p[r] = pr;
       k[r] = nm_block::key_vec<true>(pr);
     }
-    nm_block::transpose4(k);
-    nm_block::select_rows<4>(k, n);
-    nm_block::transpose4(k);
+    select4_lanes(k, n);
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
-      stream1(param + j + r * fVec::size(), p[r] & fVec(_mm256_castsi256_ps(k[r])));
-    }
-    // 32 keep lanes (-1 / 0) to 32 mask bytes (1 / 0): the packs work per
-    // 128-bit half, leaving 4-byte runs in the order the permute undoes.
-    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(k[0], k[1]),
-                                         _mm256_packs_epi32(k[2], k[3]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(keep + j),
-                        _mm256_and_si256(_mm256_permutevar8x32_epi32(b, order), one));
+    for (int r = 0; r < 4; ++r) stream1(param + j + r * kL, p[r] & at::vec::cast<float>(k[r]));
+    store_keep_bytes(keep + j, k);
   }
   for (; j < len; j += 4) {
     float pf[4];
@@ -197,7 +245,7 @@ void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, flo
     }
   }
 }
-#endif  // CPU_CAPABILITY_AVX2
+#endif  // CPU_CAPABILITY_AVX2 || CPU_CAPABILITY_AVX512
 
 void check_cpu_list(at::TensorList ts, const char* op, const char* name) {
   for (size_t i = 0; i < ts.size(); ++i) {
@@ -430,7 +478,7 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
           masked_copy(pi_ + o, wi + o, keep, len);
         };
         const nm_block::Units& U = units[i];
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
         if constexpr (std::is_same_v<P, float> && std::is_same_v<S, float>) {
           if (m == 4 && U.layout.inner == 1) {
             // Contiguous groups of 4: whole blocks of groups in registers.
