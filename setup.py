@@ -33,6 +33,20 @@ def _cpu_has(feature):
         return False
 
 
+# The C++ flags of every build, and those of each x86 vector build (also
+# read, as literals, by scripts/compile_check_cpu_arch.py, which checks the
+# vector builds this machine does not run).
+# -ffp-contract=off: no silent fused multiply-adds, so the kernel rounds
+# like the eager reference it is tested against.
+BASE_CXX = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden",
+            "-Wno-unknown-pragmas"]  # torch's vec512 headers carry nvcc-only pragmas
+ARCH_CXX = {
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+}
+
+
 def _want_cuda():
     if _flag("MGPP_CPU_ONLY"):
         return False
@@ -44,10 +58,7 @@ def _want_cuda():
 def extension():
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    # -ffp-contract=off: no silent fused multiply-adds, so the kernel rounds
-    # like the eager reference it is tested against.
-    cxx = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden",
-           "-Wno-unknown-pragmas"]  # torch's vec512 headers carry nvcc-only pragmas
+    cxx = list(BASE_CXX)
     # at::vec picks its implementation from the CPU_CAPABILITY macros; the
     # build machine is the machine that runs the kernels (an editable or
     # local install), so its widest vectors are used. MGPP_CPU_ARCH=avx2 or
@@ -56,10 +67,9 @@ def extension():
     x86 = platform.machine() in ("x86_64", "AMD64")
     avx512 = all(_cpu_has(f) for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"))
     if x86 and arch == "native" and avx512:
-        cxx += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
-                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+        cxx += ARCH_CXX["avx512"]
     elif x86 and arch in ("native", "avx2") and _cpu_has("avx2") and _cpu_has("fma"):
-        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        cxx += ARCH_CXX["avx2"]
     elif arch not in ("native", "avx2", "generic"):
         raise SystemExit(f"MGPP_CPU_ARCH must be native, avx2 or generic, got {arch!r}")
     if torch.backends.openmp.is_available():

@@ -22,6 +22,10 @@ if [[ -f scripts/compile_check_cuda.sh ]]; then
   bash scripts/compile_check_cuda.sh
   stage_done "CUDA compile check"
 fi
+# The CPU kernels are built for this machine's widest vectors only; the
+# other x86 vector build's branches get a compile check (front end only).
+"$PY" scripts/compile_check_cpu_arch.py
+stage_done "other CPU vector build compile check"
 "$PY" -m pytest python_tests -q -p no:cacheprovider "$@"
 stage_done "test suite"
 if [[ "${MGPP_SKIP_ALT_BUILD:-0}" != "1" ]]; then
