@@ -202,6 +202,35 @@ def test_srste_step_matches_reference(case, dtype, edge, update_mask):
                         ["params", "dense", "exp_avgs", "exp_avg_sqs", "masks"])
 
 
+# fp32 groups of 4 along contiguous memory take a register path in the
+# vector builds, four vectors of groups at a time (8 groups on AVX2, 16 on
+# AVX-512) and the scalar form for the rest: lengths below, at and past one
+# iteration of either width, every n, several parallel pieces, and params
+# whose data mostly does not start on a vector boundary (plain stores
+# instead of streaming ones).
+M4_SHAPES = [[(1, 4)], [(1, 60)], [(4, 16)], [(17, 4)], [(31, 12)], [(70, 2048)]]
+
+
+@pytest.mark.parametrize("edge", ["random", "inf_nan"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("shapes", range(len(M4_SHAPES)))
+def test_srste_groups_of_4_register_path(shapes, n, edge):
+    shapes = M4_SHAPES[shapes]
+    w, g, m, v, _, _ = state(shapes, torch.float32, torch.float32, edge, seed=40 + n)
+    keep = [torch.rand(x.shape, generator=torch.Generator().manual_seed(6)) < 0.5 for x in w]
+    # Each param a view one row into a larger buffer: off the vector
+    # boundary unless its rows are a multiple of 64 bytes.
+    p = [torch.zeros((x.shape[0] + 1,) + x.shape[1:])[1:] for x in w]
+    for x, y, kk in zip(p, w, keep):
+        x.copy_(y.masked_fill(~kk, 0.0))
+    rp, rw, rm, rv, rk = clone(p), clone(w), clone(m), clone(v), clone(keep)
+    kw = dict(lambda_w=0.3, n=n, m=4, dims=[-1] * len(shapes), update_mask=True, **HP)
+    rops.srste_step_(p, g, w, m, v, keep, **kw)
+    ref.srste_step_(rp, g, rw, rm, rv, rk, **kw)
+    assert_all_same([p, w, m, v, keep], [rp, rw, rm, rv, rk],
+                    ["params", "dense", "exp_avgs", "exp_avg_sqs", "masks"])
+
+
 def test_srste_step_non_contiguous_and_closed_gate():
     w, g, m, v, _, _ = state([(16, 24)], torch.bfloat16, torch.float32, "random")
     w = [w[0].t().contiguous().t()]
