@@ -219,10 +219,11 @@ void admm_project_cuda(at::TensorList params, at::TensorList duals, at::TensorLi
 void admm_threshold_mask_cuda(at::TensorList duals, const at::Tensor& select_state,
                               at::TensorList dual_masks) {
   const char* op = "admm_threshold_mask_";
-  TORCH_CHECK_VALUE(select_state.scalar_type() == at::kLong && select_state.numel() == 4 &&
-                        select_state.is_contiguous(),
-                    op, ": 'select_state' must be a contiguous int64 tensor of 4 elements, got ",
-                    select_state.scalar_type(), " of shape ", select_state.sizes());
+  // The CPU op's check (cpu_utils.h check_select_state): same condition, same error.
+  TORCH_CHECK(select_state.scalar_type() == at::kLong && select_state.dim() == 1 &&
+                  select_state.numel() == 4 && select_state.is_contiguous(),
+              op, ": 'select_state' must be a contiguous int64 tensor of 4 elements, got ",
+              select_state.scalar_type(), " of shape ", select_state.sizes());
   reg::check_duals(duals, duals, dual_masks, op);
   if (duals.empty()) return;
   const at::Device device = select_state.device();
