@@ -107,6 +107,11 @@ __global__ void __launch_bounds__(kThreads) admm_nm_bits_kernel(RegTensor t, int
   const int64_t bytes = (t.numel + 7) / 8;
   for (int64_t b = first_index(); b < bytes; b += grid_stride()) {
     uint32_t out = 0;
+    // A byte's 8 entries lie in 8 / m groups when the groups run along
+    // contiguous memory (one for m >= 8): each group is selected once and
+    // its keep bits reused, not once per entry.
+    int64_t last_base = -1;
+    uint32_t keep = 0;
     for (int j = 0; j < 8; ++j) {
       const int64_t e = b * 8 + j;
       if (e >= t.numel) break;
@@ -115,14 +120,16 @@ __global__ void __launch_bounds__(kThreads) admm_nm_bits_kernel(RegTensor t, int
       const int64_t d = od % t.size;
       const int r = static_cast<int>(d % m);
       const int64_t base = (od - r) * t.inner + q;  // entry 0 of e's group
-      int32_t k[kKeys];
+      if (base != last_base) {
+        int32_t k[kKeys];
 #pragma unroll
-      for (int i = 0; i < (M > 0 ? M : m); ++i) k[i] = nm::abs_key(t.dual[base + i * t.inner]);
-      uint32_t keep;
-      if constexpr (M > 0) {
-        keep = nm::keep_mask<M>(k, n);
-      } else {
-        keep = nm::keep_mask(k, m, n);
+        for (int i = 0; i < (M > 0 ? M : m); ++i) k[i] = nm::abs_key(t.dual[base + i * t.inner]);
+        if constexpr (M > 0) {
+          keep = nm::keep_mask<M>(k, n);
+        } else {
+          keep = nm::keep_mask(k, m, n);
+        }
+        last_base = base;
       }
       out |= ((keep >> r) & 1u) << j;
     }
