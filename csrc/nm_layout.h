@@ -13,6 +13,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <algorithm>
 #include <numeric>
@@ -132,6 +133,27 @@ inline Written alongside(const at::Tensor& t, const at::Tensor& ref, bool copy_i
   return {t, w};
 }
 
+// A score read while a tensor the op prunes in place is written could see
+// that tensor half pruned (the CPU walks tensors in parallel, the GPU one
+// after another), so scores[i] must not share memory with any tensor,
+// except tensors[i] seen through the same view (each group is read whole
+// before it is written). Only tensors in the same storage are compared.
+inline void check_scores_disjoint(at::TensorList tensors, at::TensorList scores, const char* op) {
+  for (size_t i = 0; i < scores.size(); ++i) {
+    const at::Tensor& s = scores[i];
+    if (s.numel() == 0 || !s.has_storage()) continue;
+    for (size_t j = 0; j < tensors.size(); ++j) {
+      const at::Tensor& t = tensors[j];
+      if (t.numel() == 0 || !t.has_storage() || !s.storage().is_alias_of(t.storage())) continue;
+      if (j == i && s.data_ptr() == t.data_ptr() && s.strides() == t.strides()) continue;
+      TORCH_CHECK_VALUE(at::get_overlap_status(s, t) == at::MemOverlapStatus::No, op,
+                        ": 'scores[", i, "]' shares memory with 'tensors[", j,
+                        "]', which the op prunes in place while it reads the scores; "
+                        "pass a copy (scores[i] may be tensors[i] itself)");
+    }
+  }
+}
+
 // The list checks of nm_prune_ (lengths, shapes, dtypes, devices, dims),
 // before anything is written. Returns the wrapped dims.
 inline std::vector<int64_t> check_prune_args(at::TensorList tensors, at::TensorList scores,
@@ -177,6 +199,7 @@ inline std::vector<int64_t> check_prune_args(at::TensorList tensors, at::TensorL
                         "' must be a dense (strided) tensor, got ", k.layout());
     }
   }
+  if (!scores.empty()) check_scores_disjoint(tensors, scores, op);
   return wrapped;
 }
 

@@ -256,6 +256,29 @@ def test_nm_prune_scored_by_the_tensor_itself(device):
     assert torch.equal(bits(t.cpu()), bits(want))
 
 
+def test_nm_prune_refuses_scores_that_share_memory_with_a_pruned_tensor(device):
+    """A score must not be read while a tensor it lies in is pruned: scores
+    inside another pruned tensor, or overlapping its own tensor through a
+    different view, are refused before anything is written. The tensor
+    itself (any object with its view) and disjoint parts of one buffer are
+    accepted."""
+    buf = make_scores("normal", (3, 16), torch.float32).to(device)
+    a, b = buf[0].view(4, 4), buf[1].view(4, 4)
+    before = buf.clone()
+    with pytest.raises(ValueError, match=r"'scores\[0\]' shares memory with 'tensors\[1\]'"):
+        nm.nm_prune_([a, b], 2, 4, -1, scores=[b, a])
+    shifted = buf.view(-1)[2:18].view(4, 4)  # overlaps a, shifted by two entries
+    with pytest.raises(ValueError, match=r"'scores\[0\]' shares memory with 'tensors\[0\]'"):
+        nm.nm_prune_([a], 2, 4, -1, scores=[shifted])
+    assert torch.equal(bits(buf), bits(before))  # nothing written
+    # Accepted: the tensor through another object, and a disjoint row of the buffer.
+    want_a, _ = nm_prune_reference(a.cpu(), 2, 4, -1, scores=a.cpu())
+    want_b, _ = nm_prune_reference(b.cpu(), 2, 4, -1, scores=buf[2].view(4, 4).cpu())
+    nm.nm_prune_([a, b], 2, 4, -1, scores=[a.detach(), buf[2].view(4, 4)])
+    assert torch.equal(bits(a.cpu()), bits(want_a))
+    assert torch.equal(bits(b.cpu()), bits(want_b))
+
+
 def test_nm_prune_is_idempotent(device):
     t = make_scores("ties", (6, 32), torch.float32).to(device)
     nm.nm_prune_([t], 2, 4)
