@@ -33,9 +33,10 @@ def _cpu_has(feature):
         return False
 
 
-# The C++ flags of every build, and those of each x86 vector build (also
-# read, as literals, by scripts/compile_check_cpu_arch.py, which checks the
-# vector builds this machine does not run).
+# The C++ flags of every build, and those of each x86 vector build with the
+# CPU features it needs (also read, as literals, by
+# scripts/compile_check_cpu_arch.py, which checks the vector builds this
+# machine does not run).
 # -ffp-contract=off: no silent fused multiply-adds, so the kernel rounds
 # like the eager reference it is tested against.
 BASE_CXX = ["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden",
@@ -44,6 +45,11 @@ ARCH_CXX = {
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+}
+# The /proc/cpuinfo flags a machine needs for setup.py to pick that build.
+ARCH_FEATURES = {
+    "avx512": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"],
+    "avx2": ["avx2", "fma"],
 }
 
 
@@ -65,10 +71,10 @@ def extension():
     # =generic builds for an older CPU.
     arch = os.environ.get("MGPP_CPU_ARCH", "native")
     x86 = platform.machine() in ("x86_64", "AMD64")
-    avx512 = all(_cpu_has(f) for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"))
-    if x86 and arch == "native" and avx512:
+    has = lambda build: all(_cpu_has(f) for f in ARCH_FEATURES[build])  # noqa: E731
+    if x86 and arch == "native" and has("avx512"):
         cxx += ARCH_CXX["avx512"]
-    elif x86 and arch in ("native", "avx2") and _cpu_has("avx2") and _cpu_has("fma"):
+    elif x86 and arch in ("native", "avx2") and has("avx2"):
         cxx += ARCH_CXX["avx2"]
     elif arch not in ("native", "avx2", "generic"):
         raise SystemExit(f"MGPP_CPU_ARCH must be native, avx2 or generic, got {arch!r}")

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <cmath>
 #include <string>
@@ -82,7 +83,8 @@ inline std::vector<int64_t> check_srste(at::TensorList params, at::TensorList de
                       masks[i].sizes(), " on ", masks[i].device());
     // The op writes the dense W, then W M into the parameter: one memory
     // for both would lose the pruned weights W keeps.
-    TORCH_CHECK_VALUE(p.numel() == 0 || at::get_overlap_status(dense[i], p) == at::MemOverlapStatus::No,
+    TORCH_CHECK_VALUE(p.numel() == 0 ||
+                          at::get_overlap_status(dense[i], p) == at::MemOverlapStatus::No,
                       op, ": '", entry("dense", i), "' shares memory with 'params[", i,
                       "]'; the dense weights must be a tensor of their own");
     wrapped[i] = nm::check_group_dim(p, dims[i], m, op, entry("params", i));

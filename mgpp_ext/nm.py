@@ -126,12 +126,13 @@ def nm_prune_(tensors, n, m, dims=-1, *, scores=None, masks=None, names=None):
     as largest) when ``scores`` is None, else ``scores[i]`` (same shape, any
     of the three dtypes, sharing no memory with any of ``tensors`` except
     ``tensors[i]`` itself through the same view; a score that does would be
-    read while a tensor is being pruned, and is refused). The rule runs along ``dims[i]`` (``dims``: one int per
-    tensor, or one int for all). Entries not kept become +0.0; kept entries
-    keep their exact bits. ``masks``, if given, is one bool tensor per
-    tensor (same shape) that receives the keep mask. One pass over memory:
-    each group is read, decided and written back. All tensors share one
-    device. ``names`` (optional) names the tensors in error messages.
+    read while a tensor is being pruned, and is refused). The rule runs along
+    ``dims[i]`` (``dims``: one int per tensor, or one int for all). Entries
+    not kept become +0.0; kept entries keep their exact bits. ``masks``, if
+    given, is one bool tensor per tensor (same shape) that receives the keep
+    mask. One pass over memory: each group is read, decided and written back.
+    All tensors share one device. ``names`` (optional) names the tensors in
+    error messages.
     """
     n, m = check_pattern(n, m)
     tensors = list(tensors)

@@ -29,20 +29,23 @@ import sysconfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+SETUP_NAMES = ("BASE_CXX", "ARCH_CXX", "ARCH_FEATURES")
+
+
 def setup_constants():
-    """BASE_CXX and ARCH_CXX as setup.py assigns them (literals)."""
+    """BASE_CXX, ARCH_CXX and ARCH_FEATURES as setup.py assigns them (literals)."""
     with open(os.path.join(ROOT, "setup.py")) as f:
         tree = ast.parse(f.read())
     found = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             name = getattr(node.targets[0], "id", None)
-            if name in ("BASE_CXX", "ARCH_CXX"):
+            if name in SETUP_NAMES:
                 found[name] = ast.literal_eval(node.value)
-    missing = {"BASE_CXX", "ARCH_CXX"} - set(found)
+    missing = set(SETUP_NAMES) - set(found)
     if missing:
         sys.exit(f"compile_check_cpu_arch: setup.py no longer assigns {sorted(missing)} as literals")
-    return found["BASE_CXX"], found["ARCH_CXX"]
+    return tuple(found[name] for name in SETUP_NAMES)
 
 
 def cpu_flags():
@@ -56,14 +59,11 @@ def cpu_flags():
     return set()
 
 
-def native_arch():
-    """The vector build setup.py picks on this machine (its "native")."""
+def native_arch(arch_features):
+    """The vector build setup.py picks on this machine (its "native"): the
+    first of ARCH_FEATURES, widest first, whose features it has."""
     have = cpu_flags()
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= have:
-        return "avx512"
-    if {"avx2", "fma"} <= have:
-        return "avx2"
-    return "generic"
+    return next((a for a, need in arch_features.items() if set(need) <= have), "generic")
 
 
 def check(arch, source, flags, cxx):
@@ -76,11 +76,11 @@ def main(argv):
     if platform.machine() not in ("x86_64", "AMD64"):
         print(f"cpu arch compile check: skipped ({platform.machine()} is not x86-64)")
         return 0
-    base, arch_cxx = setup_constants()
+    base, arch_cxx, arch_features = setup_constants()
     unknown = [a for a in argv if a not in arch_cxx]
     if unknown:
         sys.exit(f"compile_check_cpu_arch: unknown build(s) {unknown}; setup.py has {sorted(arch_cxx)}")
-    native = native_arch()
+    native = native_arch(arch_features)
     archs = argv or [a for a in arch_cxx if a != native]
     if not archs:
         print(f"cpu arch compile check: nothing to do (this machine builds {native})")
