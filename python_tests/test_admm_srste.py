@@ -259,15 +259,28 @@ def test_srste_lockstep_with_reference(pattern, interval, dtype):
 
 def test_srste_gradient_is_straight_through():
     """The forward pass sees W * M, so the gradient the next step uses is
-    the loss's gradient at W * M: here d/dW_eff sum(x W_eff^T) = sum_b x_b."""
+    the loss's gradient at W * M, not at the dense W: for
+    L = sum((x W_eff^T)^2), dL/dW_eff = 2 (x W_eff^T)^T x, which differs
+    from the same expression at the dense W. One step then moves the
+    dense W by AdamW of that gradient plus lambda_w (1 - M) W."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(8, 4, bias=False)
-    opt = SRSTE([lin.weight], lr=1e-2, pattern="2:4")
-    dense, keep = opt.dense_weights()[0], opt.state[lin.weight]["nm_mask"]
-    assert torch.equal(lin.weight.detach(), dense * keep)
+    hp = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    opt = SRSTE([lin.weight], **hp, pattern="2:4", lambda_w=0.1, mask_interval=1)
+    dense, keep = opt.dense_weights()[0].clone(), opt.state[lin.weight]["nm_mask"].clone()
+    w_eff = dense * keep
+    assert torch.equal(lin.weight.detach(), w_eff)
     x = torch.randn(5, 8)
-    lin(x).sum().backward()
-    assert torch.allclose(lin.weight.grad, x.sum(0).expand(4, 8))
+    (lin(x) ** 2).sum().backward()
+    at_masked = 2 * (x @ w_eff.T).T @ x
+    at_dense = 2 * (x @ dense.T).T @ x
+    assert torch.allclose(lin.weight.grad, at_masked, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(at_masked, at_dense, rtol=1e-2, atol=1e-2)
+    grad = lin.weight.grad.clone()
+    opt.step()
+    theta, _, _ = adamw(dense, torch.where(keep, grad, grad + 0.1 * dense), torch.zeros_like(dense),
+                        torch.zeros_like(dense), lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, wd=0.0, step=1)
+    assert same(opt.state[lin.weight]["dense"], theta)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
