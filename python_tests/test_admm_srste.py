@@ -283,6 +283,33 @@ def test_srste_gradient_is_straight_through():
     assert same(opt.state[lin.weight]["dense"], theta)
 
 
+@pytest.mark.parametrize("view", ["column_slice", "transposed"])
+def test_srste_strided_params_match_contiguous(view):
+    """A parameter that is a strided view (a column slice of a bigger
+    weight, a transposed one) takes the same steps, bitwise, as a
+    contiguous copy of it, and the rest of the buffer is left alone."""
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(16, 24, generator=g)
+    owner = base.clone()
+    strided = torch.nn.Parameter(owner[:, ::2] if view == "column_slice" else owner.t())
+    assert not strided.is_contiguous() and strided.data_ptr() == owner.data_ptr()
+    rest = owner[:, 1::2].clone() if view == "column_slice" else None
+    plain = torch.nn.Parameter(strided.detach().clone())
+    a = SRSTE([strided], **HP, pattern="2:4", lambda_w=0.05)
+    b = SRSTE([plain], **HP, pattern="2:4", lambda_w=0.05)
+    for _ in range(4):
+        grad = torch.randn(plain.shape, generator=g)
+        strided.grad, plain.grad = grad.clone(), grad.clone()
+        a.step()
+        b.step()
+        assert same(strided, plain)
+        assert same(a.state[strided]["dense"], b.state[plain]["dense"])
+        assert torch.equal(a.state[strided]["nm_mask"], b.state[plain]["nm_mask"])
+    if rest is not None:
+        assert same(owner[:, 1::2], rest)
+    assert same(owner[:, ::2] if view == "column_slice" else owner.t(), plain)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_srste_resume_is_bitwise(dtype):
     a_params = params_of(dtype)
