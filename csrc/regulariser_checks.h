@@ -52,8 +52,9 @@ inline void check_duals(at::TensorList params, at::TensorList duals, at::TensorL
 }
 
 inline void check_rho(double rho, const char* op) {
-  TORCH_CHECK_VALUE(rho > 0 && std::isfinite(rho), op, ": 'rho' must be finite and > 0, got ",
-                    rho);
+  // The kernels compute in float32, where a larger double is inf.
+  TORCH_CHECK_VALUE(rho > 0 && std::isfinite(static_cast<float>(rho)), op,
+                    ": 'rho' must be finite in float32 and > 0, got ", rho);
 }
 
 // dense[i] like params[i] (dtype, shape, device); masks[i] bool of that

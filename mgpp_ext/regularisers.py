@@ -16,11 +16,13 @@ op builds the level-0 histogram of |w| an event can select on, and
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .engine.buckets import adamw_hyper, adamw_lists
 from .engine.distributed import local
-from .engine.validation import MIN_VARIANCE, check_number
+from .engine.validation import FLOAT32_MAX, MIN_VARIANCE, check_number
 
 
 class MixturePrior:
@@ -122,6 +124,20 @@ class AdmmProximal:
 
     def rho_at(self, t):
         return self.rho * self.rho_growth ** (t // self.admm_interval)
+
+    def check_run(self, t_e):
+        """Refuse a rho schedule whose last value, rho_{t_e} at the hard
+        projection, is not a finite float32 (the step op takes rho in
+        float32): with ``rho_growth > 1`` rho grows without bound over a
+        long run. Checked in log space, before anything is built."""
+        growths = t_e // self.admm_interval
+        log_last = math.log(self.rho) + growths * math.log(self.rho_growth)
+        if log_last > math.log(FLOAT32_MAX):
+            raise ValueError(
+                f"rho_growth={self.rho_growth} over {growths} projections (admm_interval="
+                f"{self.admm_interval}, hard projection at step {t_e}) takes rho={self.rho} to "
+                f"exp({log_last:.1f}), past float32's largest value {FLOAT32_MAX:.4g}; "
+                "use a smaller rho_growth or rho, or a larger admm_interval")
 
     def ranking_at(self, opt, t):
         """The global projection step t starts with (a fresh state's first)

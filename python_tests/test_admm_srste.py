@@ -175,6 +175,15 @@ def test_admm_resume_is_bitwise(pattern, dtype):
     (dict(rho=-1.0), "rho must be > 0"),
     (dict(admm_interval=0), "admm_interval"),
     (dict(rho_growth=0.5), "rho_growth"),
+    (dict(rho=float("inf")), "rho must be finite in float32"),
+    (dict(rho=1e39), "rho must be finite in float32"),
+    (dict(lr=float("inf")), "lr must be finite in float32"),
+    (dict(weight_decay=float("inf")), "weight_decay must be finite"),
+    (dict(eps=float("inf")), "eps must be finite"),
+    (dict(rho_growth=float("inf")), "rho_growth must be finite"),
+    # rho = 1e-3 * 1.5 ** 299 at the hard projection: past float32.
+    (dict(total_steps=300, admm_interval=1, rho_growth=1.5), "past float32's largest value"),
+    (dict(total_steps=150, admm_interval=1, rho_growth=1.5), None),  # 1e-3 * 1.5 ** 149: finite
     (dict(pattern=1.5), "pattern"),
     (dict(pattern="2:3:4"), "'pattern'"),
     (dict(pattern="tensor"), "ADMM: pattern must be an 'n:m' pattern"),
@@ -189,6 +198,15 @@ def test_admm_bad_arguments_refused_by_name(kw, match):
         return
     with pytest.raises(ValueError, match=match):
         ADMM(params_of(torch.float32), **args)
+
+
+def test_admm_set_total_steps_refuses_a_rho_past_float32():
+    opt = ADMM(params_of(torch.float32), total_steps=100, admm_interval=1, rho_growth=1.5)
+    with pytest.raises(ValueError, match="past float32's largest value"):
+        opt.set_total_steps(1000)
+    assert opt.schedule.total_steps == 100  # refused before anything changed
+    opt.set_total_steps(200)
+    assert opt.schedule.total_steps == 200
 
 
 def test_admm_starts_from_z_proj_w_and_u_zero():
@@ -339,6 +357,7 @@ def test_srste_resume_is_bitwise(dtype):
     (dict(pattern="4:2"), "'n'"),
     (dict(pattern="tensor"), "SRSTE: pattern must be an 'n:m'"),
     (dict(pattern="global"), "SRSTE: pattern must be an 'n:m'"),
+    (dict(lambda_w=float("inf")), "lambda_w must be finite"),
 ])
 def test_srste_bad_arguments_refused_by_name(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -250,7 +250,7 @@ def test_srste_step_non_contiguous_and_closed_gate():
 # ----------------------------------------------------------------- bad input
 def test_bad_arguments_refused_by_name():
     p, g, m, v, a, k = state([(8, 12)], torch.float32, torch.float32, "random")
-    with pytest.raises(ValueError, match="'rho' must be finite and > 0"):
+    with pytest.raises(ValueError, match="'rho' must be finite in float32 and > 0"):
         rops.admm_step_(p, g, m, v, a, k, rho=0.0, **HP)
     with pytest.raises(TypeError, match="'duals\\[0\\]' must be float32"):
         rops.admm_step_(p, g, m, v, [a[0].double()], k, rho=1.0, **HP)

@@ -11,9 +11,19 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MIN_VARIANCE = 1e-38
 
 
+#: Largest finite float32: the fused ops take their hyper-parameters in float32.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
+    """A finite real hyper-parameter within [lo, hi] (bounds open if asked).
+
+    Finite in float32 too: the fused ops compute in float32, where a
+    larger value is inf (lr=1e39 would turn every weight into inf/NaN)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if not abs(value) <= FLOAT32_MAX:
+        raise ValueError(f"{name} must be finite in float32 (|{name}| <= {FLOAT32_MAX:.4g}), got {value!r}")
     if lo is not None and (value < lo or (lo_open and value == lo)):
         raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
     if hi is not None and (value > hi or (hi_open and value == hi)):

@@ -65,6 +65,7 @@ class ADMM(PruningOptimizer):
         regulariser = AdmmProximal(rho, admm_interval, rho_growth)
         check_on_nonfinite(on_nonfinite)
         schedule = Schedule.one_shot(total_steps, final_finetune_steps, target)
+        regulariser.check_run(schedule.t_e)
         super().__init__(params, lr, betas, eps, weight_decay, schedule=schedule, score=Magnitude(),
                          pattern=part, regulariser=regulariser, on_nonfinite=on_nonfinite)
 
@@ -72,7 +73,9 @@ class ADMM(PruningOptimizer):
         """For ``set_total_steps``: the hard projection moves to the new
         t_e, the fine-tuning length stays."""
         sch = self.schedule
-        return Schedule.one_shot(total_steps, sch.final_finetune_steps, sch.target_sparsity)
+        schedule = Schedule.one_shot(total_steps, sch.final_finetune_steps, sch.target_sparsity)
+        self.regulariser.check_run(schedule.t_e)
+        return schedule
 
     @property
     def current_rho(self):
