@@ -62,9 +62,16 @@ def check_param_group(owner, param_group):
         param_group.setdefault("param_names", [n for n, _ in params])
         params = [p for _, p in params]
         param_group["params"] = params
+    seen = {}
     for i, p in enumerate(params):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"{owner}: params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+        if id(p) in seen:
+            # torch.optim only warns; here the tensor would take two AdamW
+            # steps per step and count twice among the weights ranked.
+            raise ValueError(f"{owner}: params[{i}] is params[{seen[id(p)]}] again; "
+                             "a param group must list each tensor once")
+        seen[id(p)] = i
         if p.layout != torch.strided:
             raise ValueError(f"{owner}: params[{i}] is a {p.layout} tensor; only dense tensors are supported")
         if p.dtype not in FLOAT_DTYPES:
