@@ -155,3 +155,61 @@ def test_foreign_state_dict_refused(device):
     _, opt = build(device, torch.float32, seed=0)
     with pytest.raises(ValueError, match="not saved by MGPP"):
         opt.load_state_dict(adamw.state_dict())
+
+
+def _corrupt(saved, edit):
+    """A deep copy of the state dict with ``edit(record, groups, state)`` applied
+    to its JSON record (in every group, as saved), groups and state."""
+    import json
+    sd = copy.deepcopy(saved)
+    record = json.loads(sd["param_groups"][0]["mgpp"])
+    edit(record, sd["param_groups"], sd["state"])
+    for g in sd["param_groups"]:
+        g["mgpp"] = json.dumps(record)
+    return sd
+
+
+def _set(key, value):
+    def edit(record, groups, state):
+        if value is _MISSING:
+            del record[key]
+        else:
+            record[key] = value
+    return edit
+
+
+_MISSING = object()
+
+
+@pytest.mark.parametrize("edit,match", [
+    (_set("t", _MISSING), "'t' must be an int >= 0, got None"),
+    (_set("t", "abc"), "'t' must be an int >= 0"),
+    (_set("t", -5), "'t' must be an int >= 0"),
+    (_set("events", 1.5), "'events' must be an int >= 0"),
+    (_set("threshold", "x"), "'threshold' must be a number or None"),
+    (_set("extra", [1]), "'extra' must be a dict"),
+    (lambda r, g, s: g[0].update(lr="fast"), "saved param group 0: lr must be a number"),
+    (lambda r, g, s: g[1].update(lr=float("nan")), "saved param group 1: lr must be a number"),
+    (lambda r, g, s: g[0].update(betas=(2.0, 0.9)), r"saved param group 0: betas\[0\] must be <"),
+    (lambda r, g, s: g[1].update(prune=True), "saved param group 1 has prune=True"),
+    (lambda r, g, s: next(iter(s.values())).pop("exp_avg_sq"), "but not \\['exp_avg_sq'\\]"),
+])
+def test_corrupt_checkpoint_refused_before_anything_loads(device, edit, match):
+    """A corrupt record, group value or AdamW state is refused by name, and
+    the optimizer is left exactly as it was (no half-loaded state)."""
+    model, opt = build(device, torch.float32, seed=0)
+    train(model, opt, range(4))
+    saved = opt.state_dict()
+    other_model, other = build(device, torch.float32, seed=1)
+    train(other_model, other, range(2))
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(ValueError, match=match):
+        other.load_state_dict(_corrupt(saved, edit))
+    after = other.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert after["state"].keys() == before["state"].keys()
+    for pid, st in before["state"].items():
+        for key, v in st.items():
+            assert torch.equal(after["state"][pid][key], v), (pid, key)
+    other.load_state_dict(saved)  # the uncorrupted checkpoint still loads
+    assert other.current_step == 4

@@ -14,6 +14,7 @@ import json
 import torch
 
 from .distributed import local
+from .validation import check_adamw
 
 
 class Checkpoint:
@@ -73,6 +74,9 @@ class Checkpoint:
                 f"(saved {len(shapes)} tensors, here {len(self._shapes)}; first difference at "
                 f"{next((i for i, (a, b) in enumerate(zip(shapes, self._shapes)) if a != b), min(len(shapes), len(self._shapes)))})")
         self._check_state_shapes(state_dict)
+        self._check_groups(state_dict)
+        position = self._read_position(extra)
+        # Everything is checked: from here on the load cannot stop half-way.
         # torch casts floating state to each param's dtype on load; state that
         # must stay fp32 (PLATON's scores) is held back and restored as fp32.
         held = {}
@@ -104,14 +108,53 @@ class Checkpoint:
         for state in self.state.values():
             if "mask" in state:
                 state["mask"] = state["mask"].to(torch.bool)
-        self._t = int(extra["t"])
-        self._events = int(extra["events"])
-        self._skipped = int(extra["skipped"])
-        self._last_k = int(extra["last_k"])
-        th = extra["threshold"]
+        self._t, self._events, self._skipped, self._last_k, th = position
         self._threshold = None if th is None else torch.tensor(
             th, dtype=torch.float32, device=local(self._prunable()[0][2]).device)
         self.score.load_record(extra.get("extra", {}))
+
+    def _read_position(self, extra):
+        """(t, events, skipped, last_k, threshold) of the record, each
+        checked, so that a corrupt record is refused before anything loads."""
+        name = type(self).__name__
+        values = []
+        for key in ("t", "events", "skipped", "last_k"):
+            v = extra.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}.load_state_dict: the record's '{key}' must be an int >= 0, "
+                                 f"got {v!r} (corrupt checkpoint)")
+            values.append(v)
+        th = extra.get("threshold")
+        if th is not None and (isinstance(th, bool) or not isinstance(th, (int, float))):
+            raise ValueError(f"{name}.load_state_dict: the record's 'threshold' must be a number or "
+                             f"None, got {th!r} (corrupt checkpoint)")
+        record = extra.get("extra", {})
+        if not isinstance(record, dict):
+            raise ValueError(f"{name}.load_state_dict: the record's 'extra' must be a dict, got "
+                             f"{record!r} (corrupt checkpoint)")
+        return (*values, th)
+
+    def _check_groups(self, state_dict):
+        """Each saved group's AdamW values and 'prune' flag (torch's load
+        takes every saved group value over), and each param's AdamW state
+        complete, before anything loads."""
+        name = type(self).__name__
+        for i, (sg, g) in enumerate(zip(state_dict["param_groups"], self.param_groups)):
+            try:
+                check_adamw(sg.get("lr"), sg.get("betas"), sg.get("eps"), sg.get("weight_decay"))
+            except ValueError as e:
+                raise ValueError(f"{name}.load_state_dict: saved param group {i}: {e}") from None
+            if sg.get("prune") != g.get("prune"):
+                raise ValueError(
+                    f"{name}.load_state_dict: saved param group {i} has prune={sg.get('prune')!r}, "
+                    f"this optimizer's has prune={g.get('prune')!r} (it would change the prunable set)")
+        moments = ("step", "exp_avg", "exp_avg_sq")
+        for pid, st in state_dict["state"].items():
+            have = [k for k in moments if k in st]
+            if have and len(have) != len(moments):
+                raise ValueError(
+                    f"{name}.load_state_dict: saved state of param {pid} has {have} but not "
+                    f"{[k for k in moments if k not in st]} (corrupt checkpoint)")
 
     def _saved_ids_with_params(self, state_dict):
         """(saved param id, param) pairs, matched by order as torch does."""
