@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch.nn.utils import parametrize
 
 from mgpp_ext import AdaptByPruning
 from mgpp_ext.methods.adapt_by_pruning import _expected_keep_offset
@@ -242,6 +243,21 @@ def test_bad_arguments_refused_by_name():
         AdaptByPruning(model, [torch.nn.Parameter(torch.randn(3, 3))], head, **KW)
     with pytest.raises(ValueError, match="head\\[0\\]"):
         AdaptByPruning(model, weights, [weights[0]], **KW)
+    # Refused before the model is touched: no weight frozen, no parametrization left behind.
+    for bad_head, exc, word in [(["x"], TypeError, "head\\[0\\] must be a torch.Tensor"),
+                                ([torch.randn(3, requires_grad=True) * 2], ValueError, "head\\[0\\] is not a leaf"),
+                                ([torch.nn.Parameter(torch.randn(3, dtype=torch.float64))], TypeError,
+                                 "head\\[0\\] is a torch.strided torch.float64")]:
+        model, weights, head = make()
+        with pytest.raises(exc, match=word):
+            AdaptByPruning(model, weights, bad_head, **KW)
+        assert all(w.requires_grad for w in weights) and not parametrize.is_parametrized(model[0])
+    for kw, word in [(dict(relaxation="hard_concrete", stretch=(-0.1, float("inf"))), "stretch must have finite"),
+                     (dict(seed=1.7), "seed must be an int")]:
+        model, weights, head = make()
+        with pytest.raises(ValueError, match=word):
+            AdaptByPruning(model, weights, head, **{**KW, **kw})
+        assert all(w.requires_grad for w in weights) and not parametrize.is_parametrized(model[0])
     model, weights, head = make()
     other = AdaptByPruning(model, weights, head, **{**KW, "relaxation": "hard_concrete"})
     model2, weights2, head2 = make()

@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from .. import ops
 from ..engine.buckets import adamw_buckets, adamw_hyper, adamw_lists
-from ..engine.validation import check_adamw, check_number, check_on_nonfinite
+from ..engine.validation import FLOAT_DTYPES, check_adamw, check_number, check_on_nonfinite
 from ..schedule import Schedule
 
 RELAXATIONS = ("topk", "hard_concrete")
@@ -139,8 +139,10 @@ class AdaptByPruning(torch.optim.Optimizer):
             lo, hi = (float(x) for x in stretch)
         except (TypeError, ValueError):
             raise ValueError(f"stretch must be a pair (lo, hi), got {stretch!r}") from None
-        if not (lo < 0.0 and hi > 1.0):
-            raise ValueError(f"stretch must have lo < 0 and hi > 1, got {stretch!r}")
+        if not (lo < 0.0 and hi > 1.0 and math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"stretch must have finite lo < 0 and hi > 1, got {stretch!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
         if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)) \
                 or not 0.0 <= target_sparsity < 1.0:
             raise ValueError(f"target_sparsity must be a number in [0, 1), got {target_sparsity!r}")
@@ -156,9 +158,19 @@ class AdaptByPruning(torch.optim.Optimizer):
             raise ValueError("AdaptByPruning: 'weights' is empty: nothing to mask")
         owners = _owners(model, weights)
         ids = {id(w) for w in weights}
+        # Every check before the model is touched: the weights are frozen
+        # and parametrized below, which a later error must not leave behind.
         for i, p in enumerate(head):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"AdaptByPruning: head[{i}] must be a torch.Tensor, got {type(p).__name__}")
             if id(p) in ids:
                 raise ValueError(f"AdaptByPruning: head[{i}] is also one of the masked weights")
+            if not p.is_leaf:
+                raise ValueError(f"AdaptByPruning: head[{i}] is not a leaf tensor; an optimizer "
+                                 "can only update leaves")
+            if p.dtype not in FLOAT_DTYPES or p.layout != torch.strided:
+                raise TypeError(f"AdaptByPruning: head[{i}] is a {p.layout} {p.dtype} tensor; supported "
+                                "are dense float32, bfloat16, float16")
         self.relaxation = relaxation
         self.temperature = float(temperature)
         self.stretch = (lo, hi)
@@ -328,9 +340,21 @@ class AdaptByPruning(torch.optim.Optimizer):
             if saved.get(key) != mine.get(key):
                 raise ValueError(f"AdaptByPruning.load_state_dict: the checkpoint's {key} is {saved.get(key)!r}, "
                                  f"this learner's {mine.get(key)!r}")
+        for key in ("t", "skipped"):
+            if isinstance(rec.get(key), bool) or not isinstance(rec.get(key), int) or rec[key] < 0:
+                raise ValueError(f"AdaptByPruning.load_state_dict: the record's '{key}' must be an int >= 0, "
+                                 f"got {rec.get(key)!r} (corrupt checkpoint)")
+        for key in ("tau", "hc_tau"):
+            v = rec.get(key, 0.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"AdaptByPruning.load_state_dict: the record's '{key}' must be a number, "
+                                 f"got {v!r} (corrupt checkpoint)")
+        if not isinstance(rec.get("fixed"), bool):
+            raise ValueError(f"AdaptByPruning.load_state_dict: the record's 'fixed' must be a bool, "
+                             f"got {rec.get('fixed')!r} (corrupt checkpoint)")
         gen = state_dict.pop("generator", None)
         super().load_state_dict(state_dict)
-        self._t, self._tau, self._skipped = int(rec["t"]), float(rec["tau"]), int(rec["skipped"])
+        self._t, self._tau, self._skipped = rec["t"], float(rec["tau"]), rec["skipped"]
         if "hc_tau" in rec:
             self._hc_tau = float(rec["hc_tau"])
         elif self.relaxation == "hard_concrete" and not rec["fixed"]:
