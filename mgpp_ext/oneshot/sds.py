@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from ..engine.validation import MIN_VARIANCE, check_number
 from ..reference import prior_gradient
 from .model import (decoder_layers, layer0_inputs, layer_output, linear_sublayers, weight_param_view,
                     weight_view)
@@ -52,18 +53,28 @@ def _check_sds_options(opts):
     o = {**SDS_OPTIONS, **opts}
     if isinstance(o["epochs"], bool) or not isinstance(o["epochs"], int) or o["epochs"] < 0:
         raise ValueError(f"epochs must be an int >= 0, got {o['epochs']!r}")
-    if not isinstance(o["lr"], (int, float)) or not o["lr"] > 0:
-        raise ValueError(f"lr must be > 0, got {o['lr']!r}")
+    check_number("lr", o["lr"], lo=0.0, lo_open=True)
     if o["regulariser"] not in REGULARISERS:
         raise ValueError(f"regulariser must be one of {REGULARISERS}, got {o['regulariser']!r}")
-    if not isinstance(o["strength"], (int, float)) or o["strength"] < 0:
-        raise ValueError(f"strength must be >= 0, got {o['strength']!r}")
+    check_number("strength", o["strength"], lo=0.0)
     prior = dict(sigma0_sq=1e-6, sigma1_sq=0.05, lambda_mix=0.1, num_examples=None)
     if o["prior"] is not None:
+        if not isinstance(o["prior"], dict):
+            raise TypeError(f"prior must be a dict of {sorted(prior)}, got {o['prior']!r}")
         bad = sorted(set(o["prior"]) - set(prior))
         if bad:
             raise TypeError(f"prior got unknown key(s) {bad}; it takes {sorted(prior)}")
         prior.update(o["prior"])
+    # The prior's values are checked here, before the first pruning changes
+    # the model, not when the reconstruction first uses them.
+    check_number("prior['sigma0_sq']", prior["sigma0_sq"], lo=MIN_VARIANCE)
+    check_number("prior['sigma1_sq']", prior["sigma1_sq"], lo=0.0, lo_open=True)
+    if not prior["sigma0_sq"] < prior["sigma1_sq"]:
+        raise ValueError(f"prior['sigma0_sq'] must be smaller than prior['sigma1_sq'], got "
+                         f"{prior['sigma0_sq']} and {prior['sigma1_sq']}")
+    check_number("prior['lambda_mix']", prior["lambda_mix"], lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    if prior["num_examples"] is not None:
+        check_number("prior['num_examples']", prior["num_examples"], lo=0.0, lo_open=True)
     o["prior"] = prior
     return o
 
