@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
 import torch
 
@@ -89,7 +90,41 @@ def nm_unpack(values, packed, shape, dtype, n, m, dim):
 def _state_of(model_or_state):
     if isinstance(model_or_state, torch.nn.Module):
         return model_or_state.state_dict()
+    if not isinstance(model_or_state, Mapping):
+        raise TypeError(f"model must be an nn.Module or a state dict, got {type(model_or_state).__name__}")
     return dict(model_or_state)
+
+
+#: Header keys the format itself uses; ``metadata`` may not overwrite them.
+_RESERVED_HEADER_KEYS = ("format", "sparse", "nm")
+
+
+def _check_save_args(state, min_sparsity, metadata, pattern, input_dims):
+    """save_sparse's arguments, each refused by name before anything is written."""
+    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) \
+            or not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be a number in [0, 1], got {min_sparsity!r}")
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a dict of strings, got {type(metadata).__name__}")
+        clash = sorted(str(k) for k in metadata if str(k) in _RESERVED_HEADER_KEYS)
+        if clash:
+            raise ValueError(f"metadata may not use the header keys the format reads {list(_RESERVED_HEADER_KEYS)}, "
+                             f"got {clash}")
+    if input_dims is None:
+        return {}
+    if not isinstance(input_dims, Mapping):
+        raise TypeError(f"input_dims must be a dict {{name: dim}}, got {type(input_dims).__name__}")
+    if pattern is None:
+        raise ValueError("input_dims names each tensor's input dim for pattern=; pass a pattern such as '2:4'")
+    for name, dim in input_dims.items():
+        if name not in state:
+            raise ValueError(f"input_dims names {name!r}, which is not in the state dict")
+        t = state[name]
+        if isinstance(dim, bool) or not isinstance(dim, int) or not -t.dim() <= dim < t.dim():
+            raise ValueError(f"input_dims[{name!r}] must be an int in [{-t.dim()}, {t.dim()}) for a tensor "
+                             f"of shape {tuple(t.shape)}, got {dim!r}")
+    return dict(input_dims)
 
 
 def save_sparse(model, path, *, min_sparsity=0.5, metadata=None, pattern=None, input_dims=None):
@@ -116,15 +151,13 @@ def save_sparse(model, path, *, min_sparsity=0.5, metadata=None, pattern=None, i
     """
     from safetensors.torch import save_file
 
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    state = _state_of(model)
+    input_dims = _check_save_args(state, min_sparsity, metadata, pattern, input_dims)
     nm = None
     if pattern is not None:
         from .nm import parse_pattern
 
         nm = parse_pattern(pattern)
-    input_dims = dict(input_dims or {})
-    state = _state_of(model)
     out, sparse_info, nm_info = {}, {}, {}
     dense_bytes = pruned_dense = pruned_compressed = 0
     seen = {}
@@ -206,8 +239,24 @@ def read_sparse(path) -> dict:
 
 
 def load_sparse(model, path, strict=True):
-    """Load a file written by ``save_sparse`` into ``model`` (exactly); returns the model."""
-    model.load_state_dict(read_sparse(path), strict=strict)
+    """Load a file written by ``save_sparse`` into ``model`` (exactly); returns the model.
+
+    The names (with ``strict``) and shapes are compared first, so that a file
+    of another model is refused before any tensor is copied (torch's own
+    ``load_state_dict`` copies every matching tensor before it reports)."""
+    state = read_sparse(path)
+    mine = model.state_dict()
+    shapes = [f"{n}: file {tuple(t.shape)}, model {tuple(mine[n].shape)}"
+              for n, t in state.items() if n in mine and tuple(t.shape) != tuple(mine[n].shape)]
+    if shapes:
+        raise ValueError(f"load_sparse: {path} does not fit the model, shapes differ: " + "; ".join(shapes[:5])
+                         + (f" (and {len(shapes) - 5} more)" if len(shapes) > 5 else ""))
+    if strict:
+        missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+        if missing or unexpected:
+            raise ValueError(f"load_sparse: {path} does not fit the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]} (strict=False loads the common names)")
+    model.load_state_dict(state, strict=strict)
     return model
 
 

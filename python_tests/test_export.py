@@ -71,9 +71,49 @@ def test_tied_weights_and_dense_tensors(tmp_path):
     assert torch.equal(state["emb.weight"], state["head.weight"])
 
 
-def test_bad_min_sparsity(tmp_path):
-    with pytest.raises(ValueError, match="min_sparsity"):
-        export.save_sparse(torch.nn.Linear(2, 2), tmp_path / "x.safetensors", min_sparsity=1.5)
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(min_sparsity=1.5), ValueError, "min_sparsity must be a number in"),
+    (dict(min_sparsity=True), ValueError, "min_sparsity must be a number in"),
+    (dict(min_sparsity="0.5"), ValueError, "min_sparsity must be a number in"),
+    (dict(metadata={"format": "x"}), ValueError, r"metadata may not use the header keys .* got \['format'\]"),
+    (dict(metadata={"sparse": "x", "ok": "y"}), ValueError, r"got \['sparse'\]"),
+    (dict(metadata=["a"]), TypeError, "metadata must be a dict"),
+    (dict(pattern="2:4", input_dims={"weight": 5}), ValueError, r"input_dims\['weight'\] must be an int in \[-2, 2\)"),
+    (dict(pattern="2:4", input_dims={"weight": "1"}), ValueError, r"input_dims\['weight'\] must be an int"),
+    (dict(pattern="2:4", input_dims={"wieght": 1}), ValueError, "input_dims names 'wieght', which is not in"),
+    (dict(input_dims={"weight": 1}), ValueError, "input_dims names each tensor's input dim for pattern="),
+])
+def test_bad_save_arguments_refused_before_writing(tmp_path, kw, exc, match):
+    path = tmp_path / "x.safetensors"
+    with pytest.raises(exc, match=match):
+        export.save_sparse(torch.nn.Linear(4, 2), path, **kw)
+    assert not path.exists()
+
+
+def test_save_refuses_what_is_not_a_model(tmp_path):
+    with pytest.raises(TypeError, match="model must be an nn.Module or a state dict, got int"):
+        export.save_sparse(42, tmp_path / "x.safetensors")
+
+
+def test_load_into_another_model_refused_before_any_copy(tmp_path):
+    """A file of another shape, or (strict) with other names, is refused
+    before any tensor is copied; torch's own load copies the matching
+    tensors before it reports the mismatch."""
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    export.save_sparse(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)), path)
+    for other, match in [(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 5)),
+                          r"shapes differ: .*1.weight: file \(2, 3\), model \(5, 3\)"),
+                         (torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)),
+                          r"missing \['2.bias', '2.weight'\]")]:
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        with pytest.raises(ValueError, match=match):
+            export.load_sparse(other, path)
+        assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    # strict=False loads the common names
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    export.load_sparse(other, path, strict=False)
+    assert torch.equal(other[0].weight, export.read_sparse(path)["0.weight"])
 
 
 def test_report_and_cli(tmp_path, capsys):
