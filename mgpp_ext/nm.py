@@ -58,7 +58,7 @@ def parse_pattern(pattern):
     for a malformed string or an n, m out of range."""
     if isinstance(pattern, str):
         parts = pattern.strip().split(":")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        if len(parts) != 2 or not all(p.strip().isdecimal() for p in parts):
             raise ValueError(f"'pattern' must look like 'N:M' with integers N < M (e.g. '2:4'), "
                              f"got {pattern!r}")
         return check_pattern(int(parts[0]), int(parts[1]))
@@ -142,6 +142,8 @@ def nm_prune_(tensors, n, m, dims=-1, *, scores=None, masks=None, names=None):
         raise ValueError(f"'names' must have one name per tensor ({count}), got {len(names)}")
     if _is_int(dims):
         dims = [int(dims)] * count
+    elif not isinstance(dims, (list, tuple)):
+        raise TypeError(f"'dims' must be an int or one int per tensor, got {type(dims).__name__} {dims!r}")
     else:
         dims = list(dims)
         if len(dims) != count:

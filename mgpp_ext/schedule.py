@@ -35,23 +35,27 @@ class Schedule:
             )
         for name in ("initial_sparsity", "target_sparsity"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not (0.0 <= v < 1.0):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v < 1.0):
                 raise ValueError(f"{name} must be a number in [0, 1), got {v!r}")
         if self.initial_sparsity > self.target_sparsity:
             raise ValueError(
                 f"initial_sparsity ({self.initial_sparsity}) must not exceed "
                 f"target_sparsity ({self.target_sparsity})"
             )
-        if not isinstance(self.lambda_mix, (int, float)) or not (0.0 < self.lambda_mix < 1.0):
+        if isinstance(self.lambda_mix, bool) or not isinstance(self.lambda_mix, (int, float)) \
+                or not (0.0 < self.lambda_mix < 1.0):
             raise ValueError(f"lambda_mix must be a number in (0, 1), got {self.lambda_mix!r}")
         try:
+            if isinstance(self.lambda_anneal, (str, bytes)):
+                raise TypeError
             a_i, a_f = self.lambda_anneal
         except (TypeError, ValueError):
             raise ValueError(
                 f"lambda_anneal must be a pair (alpha_initial, alpha_final), got {self.lambda_anneal!r}"
             ) from None
         for name, a in (("lambda_anneal[0]", a_i), ("lambda_anneal[1]", a_f)):
-            if not isinstance(a, (int, float)) or not (0.0 < a <= 1.0 / self.lambda_mix) or not (a * self.lambda_mix < 1.0):
+            if isinstance(a, bool) or not isinstance(a, (int, float)) or not (0.0 < a <= 1.0 / self.lambda_mix) \
+                    or not (a * self.lambda_mix < 1.0):
                 raise ValueError(
                     f"{name} must be > 0 and keep lambda_mix * alpha inside (0, 1), got {a!r}"
                 )

@@ -330,6 +330,8 @@ def test_nm_prune_errors(device):
         nm.nm_prune_([a, b], 2, 4, [1, 1], names=["fc1.weight", "fc2.weight"])
     with pytest.raises(ValueError, match="'dims' must have one dim per tensor"):
         nm.nm_prune_([a, b], 2, 4, [1])
+    with pytest.raises(TypeError, match="'dims' must be an int or one int per tensor, got bool"):
+        nm.nm_prune_([a, b], 2, 4, True)
     with pytest.raises(ValueError, match="'scores' must have one tensor per tensor"):
         nm.nm_prune_([a, b], 2, 4, [1, 0], scores=[a])
     with pytest.raises(ValueError, match="'masks' must have one mask per tensor"):
@@ -349,7 +351,8 @@ def test_nm_prune_errors(device):
     with pytest.raises(IndexError, match="'dim' = 2"):
         nm.nm_prune_([a], 2, 4, [2])
     before = a.clone()
-    with pytest.raises(ValueError):  # a later tensor's error leaves earlier ones untouched
+    # a later tensor's error leaves earlier ones untouched
+    with pytest.raises(ValueError, match=r"'tensors\[1\]' has size 6 along dim 1"):
         nm.nm_prune_([a, b], 2, 4, [1, 1])
     assert torch.equal(a, before)
 
@@ -379,7 +382,7 @@ def test_parse_pattern():
     assert nm.parse_pattern("2:4") == (2, 4)
     assert nm.parse_pattern(" 16:32 ") == (16, 32)
     assert nm.parse_pattern((1, 4)) == (1, 4)
-    for bad in ("2-4", "a:b", "2:4:8", "", ":4", "2:", "-1:4", "2.0:4"):
+    for bad in ("2-4", "a:b", "2:4:8", "", ":4", "2:", "-1:4", "2.0:4", "\u00b2:4"):
         with pytest.raises(ValueError, match="'pattern' must look like 'N:M'"):
             nm.parse_pattern(bad)
     for bad, arg in (("4:2", "'n'"), ("0:4", "'n'"), ("4:4", "'n'"), ("2:64", "'m'"),

@@ -126,6 +126,11 @@ def test_as_dict_round_trip():
     (dict(total_steps=10, lambda_mix=0.0), ValueError, "lambda_mix"),
     (dict(total_steps=10, lambda_mix=1.0), ValueError, "lambda_mix"),
     (dict(total_steps=10, lambda_anneal=(1.0,)), ValueError, "lambda_anneal"),
+    (dict(total_steps=10, lambda_anneal=None), ValueError, "lambda_anneal must be a pair"),
+    (dict(total_steps=10, lambda_anneal="ab"), ValueError, "lambda_anneal must be a pair"),
+    (dict(total_steps=10, lambda_anneal=(True, True)), ValueError, r"lambda_anneal\[0\]"),
+    (dict(total_steps=10, target_sparsity=False), ValueError, "target_sparsity must be a number"),
+    (dict(total_steps=10, lambda_mix=True), ValueError, "lambda_mix must be a number"),
     (dict(total_steps=10, lambda_anneal=(0.0, 1.0)), ValueError, r"lambda_anneal\[0\]"),
     # lambda_mix * alpha_f = 2 is not a mixture weight
     (dict(total_steps=10, lambda_mix=0.1, lambda_anneal=(1.0, 20.0)), ValueError,
