@@ -83,7 +83,7 @@ def test_trec_fine_labels_refine_coarse(trec):
 
 
 def test_trec_rejects_unknown_level():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="level must be 'coarse' or 'fine', got 'medium'"):
         data.load_trec("medium")
 
 
@@ -128,7 +128,7 @@ def test_sentiment_label_is_sign_of_score():
 
 
 def test_sentiment_rejects_unknown_source():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown sentiment source 'imdb'"):
         data.load_sentiment("imdb")
 
 
@@ -187,7 +187,7 @@ def test_split_unstratified_and_custom_fractions():
     assert {t for t, _ in train}.isdisjoint(t for t, _ in test)
     small, = data.split(examples, seed=1, fractions=(0.25,))
     assert len(small) == 250
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="fractions must be >= 0 and sum to <= 1"):
         data.split(examples, seed=1, fractions=(0.8, 0.3))
 
 

@@ -167,11 +167,14 @@ def test_sparsity_and_schedule_state(device):
 
 # -- prunable_param_groups on real model definitions ------------------------------
 
-transformers = pytest.importorskip("transformers")
+@pytest.fixture(scope="module")
+def transformers():
+    """Skips only the tests that build real model definitions, not the file."""
+    return pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def bert():
+def bert(transformers):
     cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=2, intermediate_size=37,
                                   max_position_embeddings=16, num_labels=3)
@@ -220,7 +223,7 @@ def test_bert_one_step_prunes_only_the_selection(bert):
     assert set(opt.sparsity()["per_tensor"]) == pruned
 
 
-def test_gpt2_selection():
+def test_gpt2_selection(transformers):
     cfg = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2, n_positions=16,
                                   bos_token_id=0, eos_token_id=0)
     model = transformers.GPT2LMHeadModel(cfg)
@@ -229,7 +232,7 @@ def test_gpt2_selection():
     check_groups(model, prunable_param_groups(model), expected)
 
 
-def test_llama_selection():
+def test_llama_selection(transformers):
     cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=37,
                                    num_hidden_layers=2, num_attention_heads=2,
                                    num_key_value_heads=1, max_position_embeddings=16)
