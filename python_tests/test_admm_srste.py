@@ -87,8 +87,10 @@ def test_admm_lockstep_with_two_tensor_reference(pattern, dtype):
     u = [torch.zeros_like(w) for w in w0]
     for t in range(total):
         grads_for(params, g)
-        if t > 0 and t <= t_e:  # the optimizer's state, as the reference's two tensors
-            z, u = map(list, zip(*(admm_zu(opt, p) for p in params)))
+        if t > 0 and t <= t_e:  # the optimizer's one tensor and mask hold the reference's own Z and U
+            for i, p in enumerate(params):
+                oz, ou = admm_zu(opt, p)
+                assert torch.equal(oz, z[i]) and torch.equal(ou, u[i]), f"Z/U before step {t}, tensor {i}"
         before = [p.detach().clone() for p in params]
         if t > 0:
             m = [opt.state[p]["exp_avg"].float().clone() for p in params]
@@ -124,6 +126,7 @@ def test_admm_lockstep_with_two_tensor_reference(pattern, dtype):
             for p, zz, uu in zip(params, z_new, u_new):
                 oz, ou = admm_zu(opt, p)
                 assert torch.equal(oz, zz) and torch.equal(ou, uu), f"projection after step {t}"
+            z, u = z_new, u_new  # the reference carries its own two tensors
     for p in params:
         assert "admm_dual" not in opt.state[p]
         if nm:

@@ -106,10 +106,13 @@ def test_admm_step_matches_reference(case, dtype, edge):
     shapes, _, _, _ = CASES[case]
     for mdt in moment_dtypes(dtype):
         p, g, m, v, a, k = state(shapes, dtype, mdt, edge, seed=case)
-        rp, rm, rv = clone(p), clone(m), clone(v)
+        rp, rm, rv, ra, rk, rg = clone(p), clone(m), clone(v), clone(a), clone(k), clone(g)
         rops.admm_step_(p, g, m, v, a, k, rho=0.7, **HP)
-        ref.admm_step_(rp, g, rm, rv, a, k, rho=0.7, **HP)
+        ref.admm_step_(rp, rg, rm, rv, ra, rk, rho=0.7, **HP)
         assert_all_same([p, m, v], [rp, rm, rv], ["params", "exp_avgs", "exp_avg_sqs"])
+        # The step reads the dual A, its mask and the gradients; it must not
+        # change them (the reference had copies of its own).
+        assert_all_same([a, k, g], [ra, rk, rg], ["duals", "dual_masks", "grads"])
 
 
 def test_admm_step_non_contiguous_and_closed_gate():
