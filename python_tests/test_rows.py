@@ -90,9 +90,14 @@ def build(method, params, pattern, total=24, **kw):
 
 
 def reference_keep(before, pattern, sch, t, dims):
+    return reference_keep_of([b.abs() for b in before], pattern, sch, t, dims)
+
+
+def reference_keep_of(scores, pattern, sch, t, dims):
+    """The keep masks of an event at step t that ranks ``scores`` per tensor
+    or per row (along each tensor's input dim)."""
     out = []
-    for b, d in zip(before, dims):
-        s = b.abs()
+    for s, d in zip(scores, dims):
         if pattern == "tensor":
             out.append(row_keep_mask_reference(s.reshape(1, -1), sch.num_pruned(t, s.numel()))
                        .view(s.shape))
@@ -129,12 +134,37 @@ def test_events_match_reference(method, pattern, dtype):
         assert not p.detach()[~mask].any()
 
 
-def test_platon_row_events_match_reference():
+@pytest.mark.parametrize("pattern", ["row", "tensor"])
+def test_platon_events_match_reference(pattern):
+    """PLATON ranks its own scores (Ibar * U), not |w|: at each event before
+    the last (lr = 0) the weights are the ones before the step times the
+    reference keep mask of ``opt.scores()`` per row / per tensor."""
     params = make_params(torch.float32)
-    opt = build("platon", params, "row")
-    run(opt, params, opt.schedule.total_steps)
+    opt = build("platon", params, pattern)
+    g = torch.Generator().manual_seed(1)
+    checked = 0
+    for _ in range(opt.schedule.total_steps):
+        t = opt.current_step
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        event = opt.schedule.is_event(t)
+        for group in opt.param_groups:
+            group["lr"] = 0.0 if event else 1e-2
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        if event and t != opt.schedule.t_e:  # the scores are freed after the last event
+            scores = [s.float() for s in opt.scores()]
+            assert not all(torch.equal(s, b.abs()) for s, b in zip(scores, before))  # not |w|
+            for b, a, keep in zip(before, params, reference_keep_of(scores, pattern, opt.schedule, t, [1, 1, 1])):
+                assert torch.equal(a.detach(), b.masked_fill(~keep, 0.0)), f"step {t}"
+            checked += 1
+    assert checked >= 2
     for p in params:
-        assert (opt.state[p]["mask"].sum(1) == p.shape[1] - int(0.7 * p.shape[1])).all()
+        mask = opt.state[p]["mask"]
+        if pattern == "row":
+            assert (mask.sum(1) == p.shape[1] - int(0.7 * p.shape[1])).all()
+        else:
+            assert int(mask.sum()) == p.numel() - int(0.7 * p.numel())
 
 
 def test_rows_follow_the_input_dim():
