@@ -192,6 +192,7 @@ def test_admm_resume_is_bitwise(pattern, dtype):
     (dict(pattern="tensor"), "ADMM: pattern must be an 'n:m' pattern"),
     (dict(pattern="row"), "ADMM: pattern must be an 'n:m' pattern"),
     (dict(pattern=None), "ADMM: pattern must be an 'n:m' pattern"),
+    (dict(pattern=2), "ADMM: pattern must be an 'n:m' pattern .* or a float sparsity"),
     (dict(pattern="3:8", total_steps=10), None),  # valid
 ])
 def test_admm_bad_arguments_refused_by_name(kw, match):

@@ -57,7 +57,7 @@ class ADMM(PruningOptimizer):
             check_number("pattern", pattern, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
             target, part = pattern, GlobalPattern()
         else:
-            part = NMPattern.parse(pattern)
+            part = NMPattern.parse(pattern) if isinstance(pattern, (str, tuple, list)) else None
             if not isinstance(part, NMPattern):
                 raise ValueError(f"ADMM: pattern must be an 'n:m' pattern such as '2:4' or a float sparsity in "
                                  f"(0, 1) for one global threshold, got {pattern!r}")
