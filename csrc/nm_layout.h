@@ -13,13 +13,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 
 #include <algorithm>
 #include <numeric>
 #include <string>
 #include <vector>
 
+#include "memory_checks.h"
 #include "nm_select.h"
 
 namespace mgpp_ext {
@@ -146,7 +146,7 @@ inline void check_scores_disjoint(at::TensorList tensors, at::TensorList scores,
       const at::Tensor& t = tensors[j];
       if (t.numel() == 0 || !t.has_storage() || !s.storage().is_alias_of(t.storage())) continue;
       if (j == i && s.data_ptr() == t.data_ptr() && s.strides() == t.strides()) continue;
-      TORCH_CHECK_VALUE(at::get_overlap_status(s, t) == at::MemOverlapStatus::No, op,
+      TORCH_CHECK_VALUE(!mem::share_bytes(s, t), op,
                         ": 'scores[", i, "]' shares memory with 'tensors[", j,
                         "]', which the op prunes in place while it reads the scores; "
                         "pass a copy (scores[i] may be tensors[i] itself)");
@@ -199,6 +199,10 @@ inline std::vector<int64_t> check_prune_args(at::TensorList tensors, at::TensorL
                         "' must be a dense (strided) tensor, got ", k.layout());
     }
   }
+  // The tensors and masks the op writes share memory with nothing it
+  // touches; a score may be its own tensor (checked next), not a mask.
+  mem::check_disjoint({{"tensors", tensors, true}, {"masks", masks, true}}, op);
+  mem::check_disjoint({{"scores", scores, false}, {"masks", masks, true}}, op);
   if (!scores.empty()) check_scores_disjoint(tensors, scores, op);
   return wrapped;
 }

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 
 #include <cmath>
 #include <string>
@@ -82,15 +81,6 @@ inline std::vector<int64_t> check_srste(at::TensorList params, at::TensorList de
                       op, ": '", entry("masks", i), "' must be a bool tensor of shape ",
                       p.sizes(), " on ", p.device(), ", got ", masks[i].scalar_type(), " ",
                       masks[i].sizes(), " on ", masks[i].device());
-    // The op writes the dense W, then W M into the parameter: one memory
-    // for both would lose the pruned weights W keeps. Only tensors in one
-    // storage can share memory (get_overlap_status alone answers TooHard
-    // for any strided view, such as a parameter that is a column slice).
-    TORCH_CHECK_VALUE(p.numel() == 0 || !p.has_storage() || !dense[i].has_storage() ||
-                          !p.storage().is_alias_of(dense[i].storage()) ||
-                          at::get_overlap_status(dense[i], p) == at::MemOverlapStatus::No,
-                      op, ": '", entry("dense", i), "' shares memory with 'params[", i,
-                      "]'; the dense weights must be a tensor of their own");
     wrapped[i] = nm::check_group_dim(p, dims[i], m, op, entry("params", i));
   }
   return wrapped;

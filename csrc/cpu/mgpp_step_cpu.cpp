@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../memory_checks.h"
 #include "../step_checks.h"
 #include "adamw_body.h"
 #include "cpu_utils.h"
@@ -208,6 +209,9 @@ void check_step_args(at::TensorList params, at::TensorList grads,
   check_hist(hist, op, /*allow_empty=*/true);
   if (np == 0) return;
   check_cpu_masks(masks, params, op);
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, false}, {"hist", hist, true}},
+                      op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   if (prior) {
     TORCH_CHECK(n > 0, op, ": 'num_examples' must be > 0, got ", n);

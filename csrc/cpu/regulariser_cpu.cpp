@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "../memory_checks.h"
 #include "../regulariser_checks.h"
 #include "../step_checks.h"
 #include "adamw_body.h"
@@ -277,6 +278,10 @@ void admm_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   check_cpu_list(dual_masks, op, "dual_masks");
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   reg::check_rho(rho, op);
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"duals", duals, false},
+                       {"dual_masks", dual_masks, false}},
+                      op);
   if (params.empty() || gate_closed(apply_if, params, op)) return;
   const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);
   const float rho_f = static_cast<float>(rho);
@@ -325,6 +330,8 @@ void check_project_lists(at::TensorList params, at::TensorList duals, at::Tensor
 void admm_combine_cpu(at::TensorList params, at::TensorList duals, at::TensorList dual_masks) {
   const char* op = "admm_combine_";
   check_project_lists(params, duals, dual_masks, op);
+  mem::check_disjoint({{"params", params, false}, {"duals", duals, true}, {"dual_masks", dual_masks, false}},
+                      op);
   const auto w = contiguous(params);
   auto a = working(duals);
   const auto chunks = make_chunks(numels_of(params));
@@ -352,6 +359,8 @@ void admm_project_cpu(at::TensorList params, at::TensorList duals, at::TensorLis
   for (size_t i = 0; i < params.size(); ++i) {
     d.push_back(nm::check_group_dim(params[i], dims[i], m, op, reg::entry("params", i)));
   }
+  mem::check_disjoint({{"params", params, false}, {"duals", duals, true}, {"dual_masks", dual_masks, true}},
+                      op);
   const std::vector<nm_block::Units> units = nm_units(params, d, m);
   const auto w = contiguous(params);
   auto a = working(duals);
@@ -394,6 +403,9 @@ void admm_threshold_mask_cpu(at::TensorList duals, const at::Tensor& select_stat
   reg::check_duals(duals, duals, dual_masks, op);
   check_cpu_list(duals, op, "duals");
   check_cpu_list(dual_masks, op, "dual_masks");
+  mem::check_disjoint({{"duals", duals, false}, {"select_state", select_state, false},
+                       {"dual_masks", dual_masks, true}},
+                      op);
   const float tau = float_of_bits(static_cast<uint32_t>(select_state.const_data_ptr<int64_t>()[2]));
   const auto a = contiguous(duals);
   const auto chunks = make_chunks(numels_of(duals));
@@ -424,6 +436,9 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   check_cpu_list(dense, op, "dense");
   check_cpu_list(masks, op, "masks");
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"dense", dense, true},
+                       {"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, true}},
+                      op);
   if (params.empty() || gate_closed(apply_if, params, op)) return;
   const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);
   const float lam = static_cast<float>(lambda_w);

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "../memory_checks.h"
 #include "../score_checks.h"
 #include "../step_checks.h"
 #include "adamw_body.h"
@@ -42,6 +43,9 @@ void movement_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLi
   score::check_scores(params, scores, op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   score::check_score_lr(score_lr, op);
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"scores", scores, true}},
+                      op);
   if (params.empty() || gate_closed(apply_if, params, op)) return;
   const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);
   const float score_lr_f = static_cast<float>(score_lr);

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../memory_checks.h"
 #include "cpu_utils.h"
 
 namespace mgpp_ext {
@@ -83,6 +84,8 @@ void abs_histogram_cpu(at::TensorList tensors, const at::Tensor& select_state,
   check_hist(hist, op, /*allow_empty=*/false);
   check_select_state(select_state, op);
   TORCH_CHECK(level == 0 || level == 1, op, ": 'level' must be 0 or 1, got ", level);
+  mem::check_disjoint({{"tensors", tensors, false}, {"select_state", select_state, false}, {"hist", hist, true}},
+                      op);
   const uint32_t prefix = level == 1 ? uint32_t(select_state.data_ptr<int64_t>()[1]) : 0;
 
   std::vector<at::Tensor> ts;
@@ -149,6 +152,8 @@ void apply_threshold_cpu(at::TensorList tensors, const at::Tensor& select_state,
               ": 'masks' must be empty or have one mask per tensor (",
               tensors.size(), "), got ", masks.size());
   check_cpu_masks(masks, tensors, op);
+  mem::check_disjoint({{"tensors", tensors, true}, {"select_state", select_state, false}, {"masks", masks, true}},
+                      op);
   const uint32_t tau = uint32_t(select_state.data_ptr<int64_t>()[2]);
   std::vector<ContiguousInOut> ts, ms;
   for (const auto& t : tensors) ts.emplace_back(t);
@@ -175,6 +180,7 @@ void apply_mask_cpu(at::TensorList tensors, at::TensorList masks) {
               ": 'masks' must have one mask per tensor (", tensors.size(),
               "), got ", masks.size());
   check_cpu_masks(masks, tensors, op);
+  mem::check_disjoint({{"tensors", tensors, true}, {"masks", masks, false}}, op);
   std::vector<ContiguousInOut> ts;
   std::vector<at::Tensor> ms;
   for (const auto& t : tensors) ts.emplace_back(t);

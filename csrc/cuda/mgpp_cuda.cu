@@ -23,6 +23,7 @@
 
 #include <vector>
 
+#include "../memory_checks.h"
 #include "../step_checks.h"
 #include "../threshold.h"
 #include "hist_block.cuh"
@@ -169,6 +170,9 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
   TORCH_CHECK(masks.empty() || masks.size() == n, op,
               ": 'masks' must be empty or have one mask per param (", n,
               "), got ", masks.size());
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, false}, {"hist", hist, true}},
+                      op);
   if (n == 0) return;
 
   const at::Device device = params[0].device();
@@ -283,6 +287,8 @@ void abs_histogram_cuda(at::TensorList tensors, const at::Tensor& select_state,
   const c10::cuda::CUDAGuard guard(device);
   check_hist(hist, device, op, /*may_be_empty=*/false);
   check_select_state(select_state, device, op);
+  mem::check_disjoint({{"tensors", tensors, false}, {"select_state", select_state, false}, {"hist", hist, true}},
+                      op);
   const size_t n = tensors.size();
   std::vector<at::Tensor> used;  // a histogram reads any dense layout as is
   used.reserve(n);
@@ -331,6 +337,8 @@ void apply_threshold_cuda(at::TensorList tensors,
   TORCH_CHECK(masks.empty() || masks.size() == n, op,
               ": 'masks' must be empty or have one mask per tensor (", n,
               "), got ", masks.size());
+  mem::check_disjoint({{"tensors", tensors, true}, {"select_state", select_state, false}, {"masks", masks, true}},
+                      op);
   const at::Device device = select_state.device();
   check_cuda_device(device, op, "select_state");
   const c10::cuda::CUDAGuard guard(device);
@@ -373,6 +381,7 @@ void apply_mask_cuda(at::TensorList tensors, at::TensorList masks) {
   const size_t n = tensors.size();
   TORCH_CHECK(masks.size() == n, op, ": 'masks' must have one mask per tensor (",
               n, "), got ", masks.size());
+  mem::check_disjoint({{"tensors", tensors, true}, {"masks", masks, false}}, op);
   if (n == 0) return;
   const at::Device device = tensors[0].device();
   check_cuda_device(device, op, "tensors");

@@ -11,6 +11,7 @@
 #include <optional>
 #include <vector>
 
+#include "../memory_checks.h"
 #include "../regulariser_checks.h"
 #include "../score_checks.h"
 #include "../step_checks.h"
@@ -72,7 +73,7 @@ at::Device check_adamw_lists(at::TensorList params, at::TensorList grads,
                     ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have the same "
                     "length, got ", np, ", ", grads.size(), ", ", exp_avgs.size(), ", ",
                     exp_avg_sqs.size());
-  TORCH_CHECK_VALUE(np > 0, op, ": needs at least one param");
+  if (np == 0) return at::Device(at::kCUDA);  // nothing to run; the caller returns after its checks
   const at::Device device = params[0].device();
   TORCH_CHECK_VALUE(device.is_cuda(), op, ": 'params[0]' must be a CUDA tensor, got ", device);
   check_float_list(params, op, "params");
@@ -130,11 +131,15 @@ void admm_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     double lr, double beta1, double beta2, double eps, double weight_decay,
                     int64_t step, double rho, const std::optional<at::Tensor>& apply_if) {
   const char* op = "admm_step_";
-  if (params.empty()) return;
   const at::Device device = check_adamw_lists(params, grads, exp_avgs, exp_avg_sqs, op);
   reg::check_duals(params, duals, dual_masks, op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   reg::check_rho(rho, op);
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"duals", duals, false},
+                       {"dual_masks", dual_masks, false}},
+                      op);
+  if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(device);
   const bool* gate = check_apply_if(apply_if, device, op) ? apply_if->data_ptr<bool>() : nullptr;
   const ck::StepScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, step, gate);
@@ -162,6 +167,7 @@ at::Device check_project(at::TensorList params, at::TensorList duals, at::Tensor
                          const char* op) {
   reg::check_duals(params, duals, dual_masks, op);
   check_float_list(params, op, "params");
+  if (params.empty()) return at::Device(at::kCUDA);  // nothing to run; the caller returns
   const at::Device device = params[0].device();
   TORCH_CHECK_VALUE(device.is_cuda(), op, ": 'params[0]' must be a CUDA tensor, got ", device);
   check_cuda_list(params, device, op, "params");
@@ -170,8 +176,11 @@ at::Device check_project(at::TensorList params, at::TensorList duals, at::Tensor
 
 void admm_combine_cuda(at::TensorList params, at::TensorList duals, at::TensorList dual_masks) {
   const char* op = "admm_combine_";
+  const at::Device device = check_project(params, duals, dual_masks, op);
+  mem::check_disjoint({{"params", params, false}, {"duals", duals, true}, {"dual_masks", dual_masks, false}},
+                      op);
   if (params.empty()) return;
-  const c10::cuda::CUDAGuard guard(check_project(params, duals, dual_masks, op));
+  const c10::cuda::CUDAGuard guard(device);
   auto a = working(duals);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor w = params[i].contiguous();
@@ -189,14 +198,17 @@ void admm_project_cuda(at::TensorList params, at::TensorList duals, at::TensorLi
                        int64_t n, int64_t m, at::IntArrayRef dims) {
   const char* op = "admm_project_";
   nm::check_pattern(n, m, op);
-  if (params.empty()) return;
-  const c10::cuda::CUDAGuard guard(check_project(params, duals, dual_masks, op));
+  const at::Device device = check_project(params, duals, dual_masks, op);
   TORCH_CHECK_VALUE(dims.size() == params.size(), op, ": 'dims' must have one dim per param (",
                     params.size(), "), got ", dims.size());
   std::vector<int64_t> d;
   for (size_t i = 0; i < params.size(); ++i) {
     d.push_back(nm::check_group_dim(params[i], dims[i], m, op, reg::entry("params", i)));
   }
+  mem::check_disjoint({{"params", params, false}, {"duals", duals, true}, {"dual_masks", dual_masks, true}},
+                      op);
+  if (params.empty()) return;
+  const c10::cuda::CUDAGuard guard(device);
   auto a = working(duals);
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor w = params[i].contiguous();
@@ -225,6 +237,9 @@ void admm_threshold_mask_cuda(at::TensorList duals, const at::Tensor& select_sta
               op, ": 'select_state' must be a contiguous int64 tensor of 4 elements, got ",
               select_state.scalar_type(), " of shape ", select_state.sizes());
   reg::check_duals(duals, duals, dual_masks, op);
+  mem::check_disjoint({{"duals", duals, false}, {"select_state", select_state, false},
+                       {"dual_masks", dual_masks, true}},
+                      op);
   if (duals.empty()) return;
   const at::Device device = select_state.device();
   TORCH_CHECK_VALUE(device.is_cuda(), op, ": 'select_state' must be a CUDA tensor, got ", device);
@@ -248,10 +263,13 @@ void srste_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
                      int64_t step, double lambda_w, int64_t n, int64_t m, at::IntArrayRef dims,
                      bool update_mask, const std::optional<at::Tensor>& apply_if) {
   const char* op = "srste_step_";
-  if (params.empty()) return;
   const at::Device device = check_adamw_lists(params, grads, exp_avgs, exp_avg_sqs, op);
   const std::vector<int64_t> d = reg::check_srste(params, dense, masks, n, m, dims, lambda_w, op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"dense", dense, true},
+                       {"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, true}},
+                      op);
+  if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(device);
   const bool* gate = check_apply_if(apply_if, device, op) ? apply_if->data_ptr<bool>() : nullptr;
   const ck::StepScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, step, gate);
@@ -295,11 +313,14 @@ void movement_step_cuda(at::TensorList params, at::TensorList grads, at::TensorL
                         double beta2, double eps, double weight_decay, int64_t step,
                         double score_lr, const std::optional<at::Tensor>& apply_if) {
   const char* op = "movement_step_";
-  if (params.empty()) return;
   const at::Device device = check_adamw_lists(params, grads, exp_avgs, exp_avg_sqs, op);
   score::check_scores(params, scores, op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   score::check_score_lr(score_lr, op);
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"scores", scores, true}},
+                      op);
+  if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(device);
   const bool* gate = check_apply_if(apply_if, device, op) ? apply_if->data_ptr<bool>() : nullptr;
   const ck::StepScalars sc = adamw_scalars(lr, beta1, beta2, eps, weight_decay, step, gate);
