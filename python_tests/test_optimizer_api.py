@@ -92,6 +92,18 @@ def test_named_parameters_like_adamw(device):
     assert set(opt.sparsity()["per_tensor"]) == {"weight"}
 
 
+def test_param_groups_given_as_generators(device):
+    """{"params": module.parameters()} in a group, and add_param_group with
+    a generator, keep every tensor (as torch.optim.AdamW does)."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)).to(device)
+    opt = MGPP([{"params": model[0].parameters()}, {"params": model[1].parameters()}], **SCHED)
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    assert set(opt.sparsity()["per_tensor"]) == {"group0.param0", "group1.param0"}
+    extra = torch.nn.Linear(4, 4).to(device)
+    opt.add_param_group({"params": extra.parameters(), "prune": False})
+    assert len(opt.param_groups[2]["params"]) == 2
+
+
 def test_closure_and_lazy_state(device):
     w, = tensors(device, (5, 4))
     w.requires_grad_(True)

@@ -57,8 +57,11 @@ def check_param_group(owner, param_group):
     the names under ``"param_names"``."""
     params = param_group["params"]
     params = [params] if isinstance(params, torch.Tensor) else list(params)
+    # The list, not what was given: a generator (model.parameters()) is
+    # used up by the read above, and torch would then add an empty group.
+    param_group = dict(param_group)
+    param_group["params"] = params
     if params and all(isinstance(p, tuple) and len(p) == 2 for p in params):
-        param_group = dict(param_group)
         param_group.setdefault("param_names", [n for n, _ in params])
         params = [p for _, p in params]
         param_group["params"] = params
