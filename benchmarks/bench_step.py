@@ -42,7 +42,7 @@ import regulariser_cases
 from mgpp_ext import GMP, MGPP, Schedule, ops
 from mgpp_ext.reference import ReferenceMGPP, prior_gradient
 
-# The authors' GLUE settings (ALGORITHM.md section 1); MNLI's training-set size.
+# The authors' GLUE settings (README.md, "The algorithm in brief"); MNLI's training-set size.
 HP = dict(lr=5e-5, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
 PRIOR = dict(num_train_examples=392702, lambda_mix=0.1, sigma0_sq=1e-10, sigma1_sq=0.05,
              lambda_anneal=(1.0, 0.001))

@@ -261,7 +261,7 @@ def train(model, optimizer, scheduler, train_ds, val_ds, args, data, device, *,
             step += 1
             loss = float(out.loss.detach())
             loss_ema = loss if loss_ema is None else 0.95 * loss_ema + 0.05 * loss
-            # pruned weights move again between events (ALGORITHM.md), so the
+            # pruned weights move again between events (README.md, "The algorithm in brief"), so the
             # count of exact zeros is taken right after each event
             if pruning and (optimizer.schedule.is_event(optimizer.current_step - 1)
                             or step == total_steps):

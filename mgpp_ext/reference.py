@@ -1,4 +1,4 @@
-"""The whole MGPP step in plain PyTorch, written to read like ALGORITHM.md §1.
+"""The whole MGPP step in plain PyTorch, written to read like README.md's "The algorithm in brief".
 
 This is the specification the fused kernels are tested against, not the fast
 path: it concatenates every |theta| and calls ``torch.kthvalue`` (a copy of
@@ -137,8 +137,8 @@ class ReferenceMGPP:
     """MGPP over a list of tensors, one step per call, gradients from ``.grad``.
 
     ``prune[i]`` says whether ``params[i]`` is prunable. Hyper-parameters as
-    in ``mgpp_ext.MGPP``. ``method`` selects the baselines of ALGORITHM.md
-    section 2 on the same schedule: ``"gmp"`` (no prior) and ``"platon"``
+    in ``mgpp_ext.MGPP``. ``method`` selects the baselines (README.md, "The
+    algorithm in brief") on the same schedule: ``"gmp"`` (no prior) and ``"platon"``
     (no prior; the threshold is on the importance score, with
     ``importance_betas``), and the neighbours: ``"movement"`` (no prior;
     S -= score_lr * grad * theta before each update, the threshold the k-th

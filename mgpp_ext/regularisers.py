@@ -26,7 +26,7 @@ from .engine.validation import FLOAT32_MAX, MIN_VARIANCE, check_number
 
 
 class MixturePrior:
-    """MGPP's spike-and-slab prior (ALGORITHM.md): the gradient of
+    """MGPP's spike-and-slab prior (README.md, "The algorithm in brief"): the gradient of
     ``-log(lambda_t N(0, sigma1_sq) + (1 - lambda_t) N(0, sigma0_sq))``
     over ``num_train_examples``, added to every prunable weight's gradient
     while the schedule's prior is active (up to the last event). lambda_t

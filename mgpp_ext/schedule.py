@@ -1,7 +1,7 @@
 """The MGPP schedule: phases, cubic sparsity, lambda annealing, pruning events.
 
 Pure Python, no tensors: the optimizer asks it what step ``t`` must do.
-Step indices follow ALGORITHM.md: ``t = 0, 1, ...`` counts optimizer steps
+Step indices follow README.md, "The algorithm in brief": ``t = 0, 1, ...`` counts optimizer steps
 actually taken.
 """
 from __future__ import annotations

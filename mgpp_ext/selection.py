@@ -1,4 +1,4 @@
-"""Which weights of a model are pruned: the default selection of ALGORITHM.md."""
+"""Which weights of a model are pruned: the encoder's linear weights by default."""
 from __future__ import annotations
 
 import re

@@ -1,6 +1,6 @@
 // The AdamW body shared by the fused CPU steps (mgpp_step_, admm_step_,
 // srste_step_): decoupled decay, moments, bias correction and update, in the
-// order and rounding of ALGORITHM.md section 1 (mgpp_ext/reference.py).
+// order and rounding of mgpp_ext/reference.py.
 //
 // Why one template: each family adds its own term to the gradient (the MGPP
 // prior, the ADMM penalty, SR-STE's decay of the pruned weights) and then

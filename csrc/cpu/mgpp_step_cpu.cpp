@@ -21,7 +21,7 @@ namespace mgpp_ext {
 namespace cpu {
 namespace {
 
-// The prior's constants (ALGORITHM.md section 1).
+// The prior's constants (mgpp_ext/reference.py, prior_gradient).
 struct PriorConsts {
   float c1, c2, inv_s0, inv_s1, inv_n;
   // For |p| > p_far, z = c1 + c2 p^2 exceeds z_far, beyond which p0 is so

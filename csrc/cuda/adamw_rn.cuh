@@ -1,8 +1,8 @@
 // AdamW on one fp32 element, given the gradient after the family's term,
 // shared by the CUDA steps (mgpp_step_kernel.cu, regulariser_kernel.cu).
 //
-// Every operation is rounded on its own, in the order of ALGORITHM.md
-// section 1 (the _rn intrinsics forbid FMA contraction and survive
+// Every operation is rounded on its own, in the order of
+// mgpp_ext/reference.py (the _rn intrinsics forbid FMA contraction and survive
 // --use_fast_math), so the result is bitwise the CPU kernels' and the
 // reference's. C: any struct with the fp32 constants decay, b1, omb1, b2,
 // omb2, eps, step_size and bc2_sqrt (StepScalars).

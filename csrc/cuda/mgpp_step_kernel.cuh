@@ -56,7 +56,7 @@ struct StepHyper {
 };
 
 // The per-element constants, computed in double on the host and cast to
-// float (ALGORITHM.md section 1; the CPU kernel does the same).
+// float (as mgpp_ext/reference.py; the CPU kernel does the same).
 struct StepScalars {
   float c1, c2, inv_s0, inv_s1, inv_n;
   float decay, b1, omb1, b2, omb2, eps, step_size, bc2_sqrt;

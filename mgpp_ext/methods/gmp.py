@@ -22,7 +22,7 @@ class GMP(PruningOptimizer):
     ``sigma1_sq``, ``lambda_anneal``); ``pattern`` as in ``MGPP`` (None:
     global; ``"n:m"``: an exact n:m mask at the end).
 
-    As in ALGORITHM.md, a weight pruned at one event may regrow before the
+    As in MGPP, a weight pruned at one event may regrow before the
     next (Zhu & Gupta keep it masked); the final mask is fixed after t_e.
     """
 

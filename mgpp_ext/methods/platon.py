@@ -26,7 +26,7 @@ class PLATON(PruningOptimizer):
 
     and at an event the ``floor(s_t * N)`` weights with the smallest score
     (ties at the threshold included) are zeroed. The window follows
-    ALGORITHM.md and the official PLATON code (its local-window update);
+    the official PLATON code (its local-window update);
     the paper's text updates Ibar and U every step, so with b1 = 0.85 and a
     window of 100 steps Ibar here remembers about 7 windows, not 7 steps,
     and U measures the variation between window means. Everything else (AdamW,

@@ -11,7 +11,7 @@
    - ``"l1"``: ``strength * mean |W|``;
    - ``"decay"``: ``strength * mean(W^2)`` over the weights the first pruning
      removed only (they decay back towards zero, the kept ones are free);
-   - ``"prior"``: MGPP's mixture Gaussian prior (ALGORITHM.md) added to the
+   - ``"prior"``: MGPP's mixture Gaussian prior (``mgpp_ext.reference.prior_gradient``) added to the
      gradient, with ``prior`` options ``sigma0_sq``, ``sigma1_sq``,
      ``lambda_mix``, ``num_examples`` (the calibration token count);
    - ``"none"``.
