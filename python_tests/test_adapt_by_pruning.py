@@ -1,5 +1,6 @@
 """AdaptByPruning: a mask learned over frozen weights, against a plain-PyTorch
 reference of its step; frozen weights bitwise unchanged; resume; bad input."""
+import copy
 import io
 import math
 
@@ -263,3 +264,28 @@ def test_bad_arguments_refused_by_name():
     model2, weights2, head2 = make()
     with pytest.raises(ValueError, match="relaxation"):
         AdaptByPruning(model2, weights2, head2, **KW).load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("relaxation", ["topk", "hard_concrete"])
+def test_copy_of_model_and_learner_continues_the_run(relaxation):
+    """copy.deepcopy of (model, learner) keeps the schedule, the scores, the
+    sampler and the position: both copies then take the same steps."""
+    model, weights, head = make()
+    learner = AdaptByPruning(model, weights, head, **{**KW, "relaxation": relaxation})
+
+    def train(m, opt, ts):
+        for t in ts:
+            x, y = data(t)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+
+    train(model, learner, range(3))
+    model2, learner2 = copy.deepcopy((model, learner))
+    assert learner2.current_step == 3
+    train(model, learner, range(3, 9))
+    train(model2, learner2, range(3, 9))
+    for a, b in zip(learner.scores(), learner2.scores()):
+        assert torch.equal(a, b)
+    x, _ = data(99)
+    assert torch.equal(model(x), model2(x))

@@ -111,7 +111,8 @@ def test_apply_if_false_changes_nothing(device, dtype, masked):
 def test_apply_if_bad(device, gate, match):
     p = [torch.zeros(4, device=device)]
     with pytest.raises(RuntimeError, match="mgpp_step_: 'apply_if' must be a " + match):
-        ops.mgpp_step_(p, p, [torch.zeros(4, device=device)], [torch.zeros(4, device=device)], [],
+        ops.mgpp_step_(p, [torch.zeros(4, device=device)], [torch.zeros(4, device=device)],
+                       [torch.zeros(4, device=device)], [],
                        torch.empty(0, dtype=torch.int64, device=device), lr=0.1, beta1=0.9, beta2=0.9,
                        eps=1e-8, weight_decay=0.0, step=1, apply_prior=False, apply_if=gate(device))
 
@@ -120,7 +121,8 @@ def test_apply_if_bad(device, gate, match):
 def test_apply_if_on_another_device():
     p = [torch.zeros(4, device="cuda")]
     with pytest.raises(RuntimeError, match="'apply_if' must be on the params' device"):
-        ops.mgpp_step_(p, p, [torch.zeros(4, device="cuda")], [torch.zeros(4, device="cuda")], [],
+        ops.mgpp_step_(p, [torch.zeros(4, device="cuda")], [torch.zeros(4, device="cuda")],
+                       [torch.zeros(4, device="cuda")], [],
                        torch.empty(0, dtype=torch.int64, device="cuda"), lr=0.1, beta1=0.9, beta2=0.9,
                        eps=1e-8, weight_decay=0.0, step=1, apply_prior=False, apply_if=torch.tensor(True))
 

@@ -1,4 +1,5 @@
 """The public surface of MGPP and prunable_param_groups."""
+import copy
 import inspect
 import math
 
@@ -102,6 +103,70 @@ def test_param_groups_given_as_generators(device):
     extra = torch.nn.Linear(4, 4).to(device)
     opt.add_param_group({"params": extra.parameters(), "prune": False})
     assert len(opt.param_groups[2]["params"]) == 2
+
+
+def test_add_param_group_that_would_be_pruned_refused(device):
+    w, b = tensors(device, (4, 3), (3,))
+    opt = MGPP([w, b], **SCHED)
+    extra = torch.nn.Linear(4, 4).to(device)
+    with pytest.raises(ValueError, match=r"params\[0\] would be pruned.*prune=False"):
+        opt.add_param_group({"params": list(extra.parameters())})
+    assert len(opt.param_groups) == 1  # nothing added
+    fill_grads([w, b])
+    opt.step()  # still steps
+
+
+def test_sparse_gradient_refused_by_name():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    lin = torch.nn.Linear(4, 4)
+    for mode in ("raise", "skip", "propagate"):
+        opt = MGPP([lin.weight, emb.weight], **{**SCHED, "on_nonfinite": mode})
+        emb(torch.tensor([1, 2])).sum().backward()
+        lin.weight.grad = torch.zeros_like(lin.weight)
+        with pytest.raises(RuntimeError, match="MGPP does not support sparse gradients"):
+            opt.step()
+        assert opt.current_step == 0
+        emb.weight.grad = None
+
+
+def test_step_without_any_gradient_changes_nothing(device):
+    """As torch.optim.AdamW: no gradient, no step (the schedule does not
+    advance, so no event prunes)."""
+    w, b = tensors(device, (8, 4), (4,))
+    opt = MGPP([w, b], **{**SCHED, "initial_warmup_steps": 0})
+    before = w.clone()
+    for _ in range(3):
+        opt.step()
+    assert opt.current_step == 0 and torch.equal(w, before) and len(opt.state) == 0
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copy_of_model_and_optimizer_continues_the_run(how):
+    """copy.deepcopy / pickle of (model, optimizer) keep the schedule, the
+    score and the position (torch.optim.Optimizer's own __getstate__ keeps
+    only defaults, state and groups): both copies then take the same steps."""
+    import pickle
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    opt = MGPP(prunable_param_groups(model, patterns=[r"weight$"]), total_steps=12, num_train_examples=64,
+               initial_warmup_steps=2, prune_interval=2, target_sparsity=0.6, sigma1_sq=1.0)
+    x = torch.randn(8, 16)
+
+    def train(m, o, steps):
+        for _ in range(steps):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+
+    train(model, opt, 3)
+    pair = copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
+    model2, opt2 = pair
+    assert opt2.current_step == 3 and opt2.schedule == opt.schedule
+    train(model, opt, 9)
+    train(model2, opt2, 9)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+    assert opt2.sparsity()["overall"] == opt.sparsity()["overall"] >= 0.6
 
 
 def test_closure_and_lazy_state(device):

@@ -64,7 +64,7 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         self.on_nonfinite = on_nonfinite
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, prune=None)
         super().__init__(params, defaults)
-        self._t = 0  # optimizer steps taken (ALGORITHM.md's t)
+        self._t = 0  # optimizer steps taken (t of the schedule: taken, not skipped)
         self._threshold = None  # tau of the last event, a 0-dim tensor
         self._last_k = 0
         self._events = 0
@@ -87,6 +87,14 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
         self._shapes = [tuple(p.shape) for _, _, p in self._prunable()]
         pattern.bind(self)
 
+    def __getstate__(self):
+        """Everything but the hooks (as ``torch.optim.Optimizer``, which keeps
+        only defaults, state and groups, so that a copy or an unpickled
+        optimizer had no schedule, score or position). A deferred inf/NaN
+        check is read first: a copy takes no pending GPU event with it."""
+        self._settle()
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
+
     def set_total_steps(self, total_steps):
         """Set the run length before the first step (for trainers that know it late)."""
         self._settle()
@@ -107,7 +115,19 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
 
     # -- groups and parameters ------------------------------------------------
     def add_param_group(self, param_group):
-        super().add_param_group(check_param_group(type(self).__name__, param_group))
+        group = check_param_group(type(self).__name__, param_group)
+        if getattr(self, "_shapes", None) is not None:
+            # After construction the prunable set is fixed (the schedule's N,
+            # the checkpoint's shapes): a group that adds to it is refused
+            # here, not at every later step.
+            prune = group.get("prune", self.defaults.get("prune"))
+            added = [i for i, p in enumerate(group["params"]) if self._is_pruned(p, {"prune": prune})]
+            if added:
+                raise ValueError(
+                    f"{type(self).__name__}.add_param_group: params{added} would be pruned, but the prunable "
+                    "set is fixed once the optimizer is built; add the group with prune=False (trained, "
+                    "not pruned) or rebuild the optimizer with it")
+        super().add_param_group(group)
 
     @staticmethod
     def _is_pruned(p, group):
@@ -147,6 +167,15 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
                 loss = closure()
         prunable = [p for _, _, p in self._prunable()]
         self._check_prunable(prunable)
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        for g in grads:
+            if g.is_sparse:
+                # Before the inf/NaN check, whose norm has no sparse form.
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if not grads:
+            # As torch.optim.AdamW: a step without any gradient changes
+            # nothing, and it is not counted (no schedule step, no event).
+            return loss
         self._settle()
         sch, t = self.schedule, self._t
         event = sch.is_event(t)

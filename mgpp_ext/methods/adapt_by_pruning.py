@@ -318,6 +318,13 @@ class AdaptByPruning(torch.optim.Optimizer):
                     seed=self.seed, score_dtype=str(self.score_dtype),
                     shapes=[list(w.shape) for w in self._weights])
 
+    def __getstate__(self):
+        """Everything but the hooks (``torch.optim.Optimizer`` keeps only
+        defaults, state and groups). The masks are parametrizations of the
+        model: copy or pickle the model and the learner together, e.g.
+        ``copy.deepcopy((model, learner))``, so that they stay one."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_optimizer_")}
+
     def state_dict(self):
         sd = super().state_dict()
         record = json.dumps(dict(t=self._t, tau=self._tau, hc_tau=self._hc_tau, skipped=self._skipped,
