@@ -107,6 +107,32 @@ def test_trainer_builds_optimizer_and_counts_optimizer_steps(tmp_path):
     assert (model.bert.embeddings.word_embeddings.weight != 0).float().mean() > 0.9
 
 
+def test_trainer_mgpp_resumes_with_total_steps_left_to_the_trainer(tmp_path):
+    """The Trainer loads a resumed run's optimizer state before
+    on_train_begin gives a TrainerMGPP its run length: the checkpoint's own
+    run length is taken, and the resumed run ends as the uninterrupted one."""
+    data = ToyDataset(n=48)
+
+    def run(out, resume=None):
+        model = tiny_bert()
+        kwargs = dict(model=model, lr=1e-3, num_train_examples=len(data), target_sparsity=0.7,
+                      initial_warmup_steps=2, final_finetune_steps=2, prune_interval=2, sigma1_sq=1.0)
+        args = make_args(out, num_train_epochs=3, save_strategy="steps", save_steps=8)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                       optimizer_cls_and_kwargs=(TrainerMGPP, kwargs))
+        add_mgpp_callback(trainer)
+        trainer.train(resume_from_checkpoint=resume)
+        return model, unwrap_optimizer(trainer.optimizer)
+
+    full_model, full_opt = run(tmp_path / "full")
+    resumed_model, resumed_opt = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-8"))
+    assert full_opt.schedule.total_steps == 18, full_opt.schedule.total_steps
+    assert resumed_opt.schedule.total_steps == 18, resumed_opt.schedule.total_steps
+    assert resumed_opt.current_step == 18
+    for (name, a), b in zip(full_model.named_parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_trainer_mgpp_without_callback_refuses_to_step():
     model = tiny_bert()
     opt = TrainerMGPP(model, num_train_examples=10)

@@ -21,6 +21,8 @@ gives a ``TrainerMGPP`` its ``total_steps`` when training starts.
 """
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ..engine import PruningOptimizer
@@ -72,6 +74,48 @@ class TrainerMGPP(MGPP):
     def set_total_steps(self, total_steps):
         super().set_total_steps(total_steps)
         self.total_steps_deferred = False
+
+    def state_dict(self):
+        """As ``MGPP.state_dict``; while ``total_steps`` is deferred, the record
+        says so (its run length is a placeholder, not to be taken on load:
+        accelerate reloads the optimizer's own state dict when it wraps it)."""
+        sd = super().state_dict()
+        if self.total_steps_deferred:
+            for group in sd["param_groups"]:
+                record = json.loads(group["mgpp"])
+                record["total_steps_deferred"] = True
+                group["mgpp"] = json.dumps(record)
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """As ``MGPP.load_state_dict``; with ``total_steps`` still deferred, the
+        run length of a checkpoint that had one is taken first (the Trainer
+        loads a resumed run's optimizer before ``on_train_begin`` would set
+        it)."""
+        if not self.total_steps_deferred:
+            return super().load_state_dict(state_dict)
+        saved = _saved_total_steps(state_dict)
+        if saved is None:
+            return super().load_state_dict(state_dict)  # refuses the record by name
+        schedule = self.schedule
+        self.set_total_steps(saved)
+        try:
+            return super().load_state_dict(state_dict)
+        except BaseException:
+            self.schedule, self.total_steps_deferred = schedule, True  # nothing half-loaded
+            raise
+
+
+def _saved_total_steps(state_dict):
+    """The run length in a checkpoint's record, or None if it has none."""
+    try:
+        record = json.loads(state_dict["param_groups"][0]["mgpp"])
+        total = record["hyper"]["schedule"]["total_steps"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if record.get("total_steps_deferred"):
+        return None  # a placeholder
+    return total if isinstance(total, int) and not isinstance(total, bool) and total >= 1 else None
 
 
 class MGPPCallback(TrainerCallback):
