@@ -158,6 +158,13 @@ if EXTENSION_ERROR is None:
 
     @torch.library.register_fake("mgpp_ext::all_finite")
     def _(tensors):
+        # The kernels' checks, so that a traced call fails as an eager one.
+        for i, t in enumerate(tensors):
+            if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise TypeError(f"all_finite: 'tensors[{i}]' must be float32, bfloat16 or float16, got {t.dtype}")
+            if t.device != tensors[0].device:
+                raise ValueError(f"all_finite: 'tensors[{i}]' is on {t.device}, expected {tensors[0].device} "
+                                 "like 'tensors[0]'")
         return tensors[0].new_empty((), dtype=torch.bool)
 
     @torch.library.register_fake("mgpp_ext::global_threshold")

@@ -33,3 +33,12 @@ def test_huge_finite_values_pass(device):
     assert bool(ops.all_finite([x]))
     h = torch.tensor([65504.0, -65504.0], dtype=torch.float16, device=device)
     assert bool(ops.all_finite([h]))
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_refuses_non_float_by_name(device):
+    """The CPU kernel, the fake implementation (meta) and the composite CUDA
+    takes refuse the same inputs with the same type."""
+    ok = torch.zeros(3, device=device)
+    with pytest.raises(TypeError, match=r"all_finite: 'tensors\[1\]' must be float32, bfloat16 or float16"):
+        ops.all_finite([ok, torch.zeros(3, dtype=torch.float64, device=device)])

@@ -271,6 +271,16 @@ def test_bad_arguments_refused_by_name():
         rops.srste_step_(p, g, [p[0].half()], m, v, keep, lambda_w=0.0, **kw)
     with pytest.raises(ValueError, match="'masks\\[0\\]' must be a bool tensor"):
         rops.srste_step_(p, g, clone(p), m, v, [keep[0].float()], lambda_w=0.0, **kw)
+    # The list checks raise the types the CUDA bindings raise: ValueError for
+    # lengths and shapes, TypeError for dtypes.
+    with pytest.raises(ValueError, match="'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have the same length"):
+        rops.admm_step_(p, g, m, v[:0], a, k, rho=1.0, **HP)
+    with pytest.raises(TypeError, match="all 'params' and 'grads' must share one dtype"):
+        rops.admm_step_(p, [g[0].half()], m, v, a, k, rho=1.0, **HP)
+    with pytest.raises(ValueError, match="entry 0 has mismatched shapes"):
+        rops.admm_step_(p, [g[0][:4]], m, v, a, k, rho=1.0, **HP)
+    with pytest.raises(TypeError, match=r"'params\[0\]' must be float32, bfloat16 or float16"):
+        rops.admm_combine_([p[0].double()], a, k)
     before = clone(p)
     with pytest.raises(ValueError, match="'params\\[0\\]' and 'dense\\[0\\]' share memory"):
         rops.srste_step_(p, g, [p[0].detach()], m, v, keep, lambda_w=0.0, **kw)

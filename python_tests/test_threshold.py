@@ -140,14 +140,15 @@ def test_mixed_dtypes_in_one_call(device):
         assert_threshold(tensors, k)
 
 
-@pytest.mark.parametrize("tensors_fn, k, match", [
-    (lambda d: [torch.randn(5, device=d)], 0, "'k'"),
-    (lambda d: [torch.randn(5, device=d), torch.randn(2, device=d)], 8, "'k'"),
-    (lambda d: [], 1, "'tensors'"),
-    (lambda d: [torch.randn(3, device=d), torch.arange(4, device=d)], 1, r"'tensors\[1\]'"),
+@pytest.mark.parametrize("tensors_fn, k, exc, match", [
+    (lambda d: [torch.randn(5, device=d)], 0, RuntimeError, "'k'"),
+    (lambda d: [torch.randn(5, device=d), torch.randn(2, device=d)], 8, RuntimeError, "'k'"),
+    (lambda d: [], 1, RuntimeError, "'tensors'"),
+    (lambda d: [torch.randn(3, device=d), torch.arange(4, device=d)], 1, TypeError,
+     r"'tensors\[1\]' must be float32, bfloat16 or float16"),
 ], ids=["k=0", "k>N", "empty", "int"])
-def test_global_threshold_errors(device, tensors_fn, k, match):
-    with pytest.raises(RuntimeError, match=match):
+def test_global_threshold_errors(device, tensors_fn, k, exc, match):
+    with pytest.raises(exc, match=match):
         ops.global_threshold(tensors_fn(device), k)
 
 

@@ -50,12 +50,13 @@ inline AdamWConsts make_adamw_consts(double lr, double beta1, double beta2, doub
 
 // The list checks every AdamW-based step makes: equal lengths, CPU float
 // tensors, one param/grad dtype, moments of that dtype or fp32, equal
-// shapes.
+// shapes. ValueError for lengths, devices and shapes, TypeError for dtypes,
+// as the CUDA bindings raise.
 inline void check_adamw_lists(at::TensorList params, at::TensorList grads,
                               at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                               const char* op) {
   const size_t np = params.size();
-  TORCH_CHECK(grads.size() == np && exp_avgs.size() == np && exp_avg_sqs.size() == np, op,
+  TORCH_CHECK_VALUE(grads.size() == np && exp_avgs.size() == np && exp_avg_sqs.size() == np, op,
               ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have the same length, "
               "got ", np, ", ", grads.size(), ", ", exp_avgs.size(), ", ", exp_avg_sqs.size());
   check_cpu_float_list(params, op, "params");
@@ -65,20 +66,20 @@ inline void check_adamw_lists(at::TensorList params, at::TensorList grads,
   if (np == 0) return;
   const auto pt = params[0].scalar_type();
   const auto st = exp_avgs[0].scalar_type();
-  TORCH_CHECK(st == pt || st == at::kFloat, op,
+  TORCH_CHECK_TYPE(st == pt || st == at::kFloat, op,
               ": 'exp_avgs' must have the params' dtype or float32, got ", st,
               " for params of ", pt);
   for (size_t i = 0; i < np; ++i) {
-    TORCH_CHECK(params[i].scalar_type() == pt && grads[i].scalar_type() == pt,
+    TORCH_CHECK_TYPE(params[i].scalar_type() == pt && grads[i].scalar_type() == pt,
                 op, ": all 'params' and 'grads' must share one dtype (", pt,
                 "); entry ", i, " has ", params[i].scalar_type(), " and ",
                 grads[i].scalar_type());
-    TORCH_CHECK(exp_avgs[i].scalar_type() == st &&
+    TORCH_CHECK_TYPE(exp_avgs[i].scalar_type() == st &&
                     exp_avg_sqs[i].scalar_type() == st,
                 op, ": all 'exp_avgs' and 'exp_avg_sqs' must share one dtype (",
                 st, "); entry ", i, " differs");
     const auto& shape = params[i].sizes();
-    TORCH_CHECK(grads[i].sizes() == shape && exp_avgs[i].sizes() == shape &&
+    TORCH_CHECK_VALUE(grads[i].sizes() == shape && exp_avgs[i].sizes() == shape &&
                     exp_avg_sqs[i].sizes() == shape,
                 op, ": entry ", i, " has mismatched shapes: param ", shape,
                 ", grad ", grads[i].sizes(), ", exp_avg ", exp_avgs[i].sizes(),

@@ -272,12 +272,12 @@ inline void check_cpu_float_list(at::TensorList tensors, const char* op,
                                  const char* name) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
-    TORCH_CHECK(t.device().is_cpu(), op, ": '", name, "[", i,
+    TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": '", name, "[", i,
                 "]' must be a CPU tensor, got ", t.device());
-    TORCH_CHECK(t.layout() == at::kStrided, op, ": '", name, "[", i,
+    TORCH_CHECK_VALUE(t.layout() == at::kStrided, op, ": '", name, "[", i,
                 "]' must be a dense (strided) tensor, got ", t.layout());
     auto st = t.scalar_type();
-    TORCH_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
+    TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
                 ": '", name, "[", i,
                 "]' must be float32, bfloat16 or float16, got ", st);
   }
@@ -287,11 +287,12 @@ inline void check_cpu_float_list(at::TensorList tensors, const char* op,
 // a kernel reads or writes next to tensors[i]).
 inline void check_cpu_masks(at::TensorList masks, at::TensorList tensors, const char* op) {
   for (size_t i = 0; i < masks.size(); ++i) {
-    TORCH_CHECK(masks[i].scalar_type() == at::kBool && masks[i].sizes() == tensors[i].sizes() &&
-                    masks[i].device().is_cpu(),
-                op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
-                tensors[i].sizes(), ", got ", masks[i].scalar_type(), " ",
-                masks[i].sizes(), " on ", masks[i].device());
+    TORCH_CHECK_TYPE(masks[i].scalar_type() == at::kBool, op, ": 'masks[", i,
+                     "]' must be bool, got ", masks[i].scalar_type());
+    TORCH_CHECK_VALUE(masks[i].sizes() == tensors[i].sizes() && masks[i].device().is_cpu(),
+                      op, ": 'masks[", i, "]' must be a CPU bool tensor of shape ",
+                      tensors[i].sizes(), ", got ", masks[i].scalar_type(), " ",
+                      masks[i].sizes(), " on ", masks[i].device());
   }
 }
 

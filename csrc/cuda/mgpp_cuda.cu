@@ -40,9 +40,8 @@ static_assert(kHistBins == ck::kHistBins, "histogram sizes disagree");
 ck::DType kernel_dtype(const at::Tensor& t, const char* op, const char* arg,
                        size_t i) {
   const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
-              ": '", arg, "[", i, "]' must be float32, bfloat16 or float16, got ",
-              st);
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf, op,
+                   ": '", arg, "[", i, "]' must be float32, bfloat16 or float16, got ", st);
   return st == at::kFloat      ? ck::DType::F32
          : st == at::kBFloat16 ? ck::DType::BF16
                                : ck::DType::F16;
@@ -50,22 +49,22 @@ ck::DType kernel_dtype(const at::Tensor& t, const char* op, const char* arg,
 
 void check_device(const at::Tensor& t, const at::Device& device,
                   const char* op, const char* arg, size_t i) {
-  TORCH_CHECK(t.device() == device, op, ": '", arg, "[", i, "]' is on ",
-              t.device(), ", expected ", device, " like the op's other tensors");
+  TORCH_CHECK_VALUE(t.device() == device, op, ": '", arg, "[", i, "]' is on ",
+                    t.device(), ", expected ", device, " like the op's other tensors");
 }
 
 void check_same_shape(const at::Tensor& t, const at::Tensor& ref,
                       const char* op, const char* arg, const char* ref_arg,
                       size_t i) {
-  TORCH_CHECK(t.sizes() == ref.sizes(), op, ": '", arg, "[", i, "]' has shape ",
-              t.sizes(), " but '", ref_arg, "[", i, "]' has shape ", ref.sizes());
+  TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": '", arg, "[", i, "]' has shape ",
+                    t.sizes(), " but '", ref_arg, "[", i, "]' has shape ", ref.sizes());
 }
 
 void check_bool_mask(const at::Tensor& k, const at::Tensor& t,
                      const at::Device& device, const char* op,
                      const char* ref_arg, size_t i) {
-  TORCH_CHECK(k.scalar_type() == at::kBool, op, ": 'masks[", i,
-              "]' must be bool, got ", k.scalar_type());
+  TORCH_CHECK_TYPE(k.scalar_type() == at::kBool, op, ": 'masks[", i,
+                   "]' must be bool, got ", k.scalar_type());
   check_device(k, device, op, "masks", i);
   check_same_shape(k, t, op, "masks", ref_arg, i);
 }
@@ -137,8 +136,8 @@ void check_select_state(const at::Tensor& s, const at::Device& device,
 
 void check_cuda_device(const at::Device& device, const char* op,
                        const char* what) {
-  TORCH_CHECK(device.is_cuda(), op, ": '", what,
-              "' must be on a CUDA device, got ", device);
+  TORCH_CHECK_VALUE(device.is_cuda(), op, ": '", what,
+                    "' must be on a CUDA device, got ", device);
 }
 
 void check_launch(cudaError_t err, const char* op) {
@@ -163,10 +162,10 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
   check_hist_window(hist_lo, hist_hi, op);
   const int64_t hist1_n = check_hist1(hist1, hist1_lo, hist_lo, hist_hi, hist, op);
   const size_t n = params.size();
-  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
-              op, ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have "
-              "the same length, got ", n, ", ", grads.size(), ", ",
-              exp_avgs.size(), " and ", exp_avg_sqs.size());
+  TORCH_CHECK_VALUE(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
+                    op, ": 'params', 'grads', 'exp_avgs' and 'exp_avg_sqs' must have "
+                    "the same length, got ", n, ", ", grads.size(), ", ",
+                    exp_avgs.size(), " and ", exp_avg_sqs.size());
   TORCH_CHECK(masks.empty() || masks.size() == n, op,
               ": 'masks' must be empty or have one mask per param (", n,
               "), got ", masks.size());
@@ -205,9 +204,9 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
   const at::ScalarType state_type = exp_avgs[0].scalar_type();
   const ck::DType param_dtype = kernel_dtype(params[0], op, "params", 0);
   const ck::DType state_dtype = kernel_dtype(exp_avgs[0], op, "exp_avgs", 0);
-  TORCH_CHECK(state_type == param_type || state_type == at::kFloat, op,
-              ": 'exp_avgs' must have the params' dtype (", param_type,
-              ") or float32, got ", state_type);
+  TORCH_CHECK_TYPE(state_type == param_type || state_type == at::kFloat, op,
+                   ": 'exp_avgs' must have the params' dtype (", param_type,
+                   ") or float32, got ", state_type);
 
   std::vector<InOut> ps, ms, vs;
   std::vector<at::Tensor> gs, ks;  // read-only, in the params' layout
@@ -221,14 +220,14 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
     const at::Tensor& g = grads[i];
     const at::Tensor& m = exp_avgs[i];
     const at::Tensor& v = exp_avg_sqs[i];
-    TORCH_CHECK(p.scalar_type() == param_type && g.scalar_type() == param_type,
-                op, ": all 'params' and 'grads' must share one dtype (",
-                param_type, "); entry ", i, " has ", p.scalar_type(), " and ",
-                g.scalar_type());
-    TORCH_CHECK(m.scalar_type() == state_type && v.scalar_type() == state_type,
-                op, ": all 'exp_avgs' and 'exp_avg_sqs' must share one dtype (",
-                state_type, "); entry ", i, " has ", m.scalar_type(), " and ",
-                v.scalar_type());
+    TORCH_CHECK_TYPE(p.scalar_type() == param_type && g.scalar_type() == param_type,
+                     op, ": all 'params' and 'grads' must share one dtype (",
+                     param_type, "); entry ", i, " has ", p.scalar_type(), " and ",
+                     g.scalar_type());
+    TORCH_CHECK_TYPE(m.scalar_type() == state_type && v.scalar_type() == state_type,
+                     op, ": all 'exp_avgs' and 'exp_avg_sqs' must share one dtype (",
+                     state_type, "); entry ", i, " has ", m.scalar_type(), " and ",
+                     v.scalar_type());
     check_device(p, device, op, "params", i);
     check_device(g, device, op, "grads", i);
     check_device(m, device, op, "exp_avgs", i);
