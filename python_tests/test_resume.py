@@ -213,3 +213,34 @@ def test_corrupt_checkpoint_refused_before_anything_loads(device, edit, match):
             assert torch.equal(after["state"][pid][key], v), (pid, key)
     other.load_state_dict(saved)  # the uncorrupted checkpoint still loads
     assert other.current_step == 4
+
+
+def test_optimizer_hooks_see_the_engine_state(device):
+    """torch.optim's state-dict hooks: a load pre-hook's dict is what gets
+    checked, a load post-hook sees the restored position, and a state_dict
+    post-hook sees the record."""
+    model, opt = build(device, torch.float32, seed=0)
+    train(model, opt, range(3))
+    seen = {}
+    def post(o, sd):
+        seen["record"] = "mgpp" in sd["param_groups"][0]
+
+    opt.register_state_dict_post_hook(post)
+    saved = opt.state_dict()
+    assert seen["record"] is True
+    _, other = build(device, torch.float32, seed=1)
+
+    def bad_lr(o, sd):
+        sd = copy.deepcopy(sd)
+        sd["param_groups"][0]["lr"] = -1.0
+        return sd
+
+    handle = other.register_load_state_dict_pre_hook(bad_lr)
+    with pytest.raises(ValueError, match="saved param group 0: lr must be >= 0.0"):
+        other.load_state_dict(saved)
+    assert other.current_step == 0
+    handle.remove()
+    other.register_load_state_dict_post_hook(
+        lambda o: seen.update(step=o.current_step, record=any("mgpp" in g for g in o.param_groups)))
+    other.load_state_dict(saved)
+    assert seen["step"] == 3 and seen["record"] is False

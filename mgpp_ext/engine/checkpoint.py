@@ -9,12 +9,27 @@ hyper-parameters or other prunable shapes, is refused by name.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 
 import torch
 
 from .distributed import local
 from .validation import check_adamw
+
+
+@contextlib.contextmanager
+def _hooks_held(optimizer, attr):
+    """Within the block, torch's calls of the hooks in ``optimizer.<attr>``
+    find none; yields them, so that the engine calls them where its own
+    work is done."""
+    hooks = getattr(optimizer, attr)
+    setattr(optimizer, attr, collections.OrderedDict())
+    try:
+        yield hooks
+    finally:
+        setattr(optimizer, attr, hooks)
 
 
 class Checkpoint:
@@ -35,7 +50,8 @@ class Checkpoint:
         hyper-parameters (param groups survive every checkpoint format,
         ``torch.distributed.checkpoint`` included)."""
         self._settle()
-        sd = super().state_dict()
+        with _hooks_held(self, "_optimizer_state_dict_post_hooks") as post_hooks:
+            sd = super().state_dict()
         record = json.dumps(dict(
             t=self._t, events=self._events, skipped=self._skipped, last_k=self._last_k,
             threshold=self.last_threshold, hyper=self._hyper(),
@@ -43,11 +59,23 @@ class Checkpoint:
         # (The regularisers' state is per param, in torch's state.)
         for group in sd["param_groups"]:
             group["mgpp"] = record
+        # The user's post-hooks see the whole state dict, record included.
+        for hook in post_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def load_state_dict(self, state_dict):
         name = type(self).__name__
         state_dict = dict(state_dict)
+        # The user's pre-hooks adapt the dict before it is checked, and the
+        # post-hooks run once the engine's position is restored (torch's own
+        # calls of them are held back below).
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = dict(result)
         groups = state_dict.get("param_groups") or []
         if not groups or "mgpp" not in groups[0]:
             raise ValueError(f"{name}.load_state_dict: the state dict has no 'mgpp' record in its "
@@ -94,7 +122,9 @@ class Checkpoint:
                     held[pid] = kept
                 state[pid] = st
             state_dict["state"] = state
-        super().load_state_dict(state_dict)
+        with _hooks_held(self, "_optimizer_load_state_dict_pre_hooks"), \
+                _hooks_held(self, "_optimizer_load_state_dict_post_hooks") as post_hooks:
+            super().load_state_dict(state_dict)
         self._pending = None  # the loaded state replaces the step it was about
         self._inputs_checked = False  # the loaded weights have not been checked
         if held:
@@ -112,6 +142,8 @@ class Checkpoint:
         self._threshold = None if th is None else torch.tensor(
             th, dtype=torch.float32, device=local(self._prunable()[0][2]).device)
         self.score.load_record(extra.get("extra", {}))
+        for hook in post_hooks.values():
+            hook(self)
 
     def _read_position(self, extra):
         """(t, events, skipped, last_k, threshold) of the record, each
