@@ -13,6 +13,9 @@
 # are used as they are.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The extension is built in place, not installed: every script imports the
+# package from the repository root.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 OUT=${OUT:-benchmarks/results/gpu-run}
 mkdir -p "$OUT"
@@ -30,10 +33,13 @@ build() {
     summary+=("build: FAILED (see $OUT/build.log)")
     return 1
   fi
-  "$PY" -c "import mgpp_ext, torch; assert mgpp_ext.ops.EXTENSION_ERROR is None; \
-import torch; x = torch.randn(1000, device='cuda'); \
+  if ! "$PY" -c "import mgpp_ext, torch; assert mgpp_ext.ops.EXTENSION_ERROR is None, \
+mgpp_ext.ops.EXTENSION_ERROR; x = torch.randn(1000, device='cuda'); \
 print('global_threshold on cuda:', float(mgpp_ext.ops.global_threshold([x], 10)))" \
-    | tee -a "$OUT/build.log"
+      2>&1 | tee -a "$OUT/build.log"; then
+    summary+=("build: built, but the smoke test FAILED (see $OUT/build.log)")
+    return 1
+  fi
   summary+=("build: ok")
 }
 
@@ -65,18 +71,22 @@ bench() {
   done
   name="${tag}_scores_float32"
   echo "-- $name"
-  PYTHONPATH=. "$PY" benchmarks/bench_scores.py --device cuda --sizes 85M --json "$OUT/$name.json" \
+  "$PY" benchmarks/bench_scores.py --device cuda --sizes 85M --json "$OUT/$name.json" \
     > "$OUT/$name.txt" 2>&1
   summary+=("bench $name: rc $?; $(grep -E 'Movement step' "$OUT/$name.txt" | head -n 1)")
 }
 
+# The exit status is the build's or the tests' (the benchmarks report theirs
+# in the summary); after a failed build nothing else runs.
+status=0
 case "$what" in
-  build) build ;;
-  test) run_tests ;;
+  build) build; status=$? ;;
+  test) run_tests; status=$? ;;
   bench) bench ;;
-  all) build && run_tests; bench ;;
+  all) if build; then run_tests; status=$?; bench; else status=1; fi ;;
   *) echo "usage: $0 [build|test|bench|all]" >&2; exit 2 ;;
 esac
 echo
 echo "== summary ($gpu)"
 printf '%s\n' "${summary[@]}"
+exit "$status"
