@@ -366,8 +366,51 @@ def test_cli_end_to_end(tmp_path, sds_flag, capsys):
     assert torch.equal(sparse[q], reloaded.state_dict()[q])
 
 
+def test_failure_mid_way_leaves_the_model_as_it_was():
+    """Too few calibration tokens for down_proj's 64 inputs and a damping too
+    small to make up for it: the Cholesky of layer 0's last sublayer fails
+    after six sublayers were pruned. The error names the layer and the
+    remedy, and every weight is back as it was."""
+    model = tiny_llama()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"sparsegpt: layer 0 'mlp.down_proj': .*Raise percdamp"):
+        oneshot.prune(model, calibration(samples=5, seq=12), method="sparsegpt", sparsity=0.5,
+                      percdamp=1e-30, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_learned_positions_and_eval_arguments_refused_by_name():
+    gpt2 = tiny_gpt2()  # n_positions = 64
+    with pytest.raises(ValueError, match=r"calibration rows are 80 tokens long.*positions for 64"):
+        oneshot.prune(gpt2, calibration(seq=80), method="wanda", sparsity=0.5, progress=False)
+    ids = torch.randint(0, VOCAB, (400,), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"token_ids rows are 100 tokens long"):
+        oneshot.perplexity(gpt2, ids, seq_len=100)
+    with pytest.raises(ValueError, match=r"token_ids holds token ids outside \[0, "):
+        oneshot.perplexity(gpt2, ids + VOCAB, seq_len=16)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            oneshot.perplexity(gpt2, ids, seq_len=16, batch_size=bad)
+    oneshot.perplexity(tiny_llama(), ids, seq_len=80)  # rotary positions: no such limit
+    with pytest.raises(ValueError, match=r"percdamp must be a number in \(0, 1\)"):
+        oneshot.prune(tiny_llama(), calibration(), method="sparsegpt", sparsity=0.5, percdamp=0.0)
+
+
 def test_cli_refuses_bad_arguments(tmp_path):
     from mgpp_ext.__main__ import main
+
+    base = ["oneshot", "--model", str(tmp_path / "missing"), "--method", "wanda", "--sparsity", "0.5"]
+    for flags, match in [(["--eval-tokens", "-5"], None), (["--samples", "0"], None),
+                         (["--batch-size", "0"], None), (["--eval-seq-len", "1"], None),
+                         (["--eval-tokens", "10", "--eval-seq-len", "32"], "less than one --eval-seq-len"),
+                         (["--out", __file__], "exists and is not a directory")]:
+        out = [] if "--out" in flags else ["--out", str(tmp_path / "o")]
+        with pytest.raises(SystemExit) as err:
+            main(base + out + flags)
+        if match is None:
+            assert err.value.code == 2  # argparse's refusal, naming the flag
+        else:
+            assert match in str(err.value)
 
     with pytest.raises(SystemExit, match="sparsity must be 1 - 2/4"):
         main(["oneshot", "--model", str(tmp_path), "--method", "wanda", "--sparsity", "0.4",

@@ -21,6 +21,20 @@ import os
 import time
 
 
+def _int_at_least(lo):
+    """An argparse type: an int >= lo, refused by argparse with the flag's name."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+    parse.__name__ = f"int >= {lo}"
+    return parse
+
+
 def add_parser(sub):
     p = sub.add_parser("oneshot", help="one-shot pruning of a causal LM (magnitude, Wanda, SparseGPT, SDS)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,12 +44,13 @@ def add_parser(sub):
     p.add_argument("--pattern", default=None, help="'n:m' (e.g. 2:4); sparsity must be 1 - n/m")
     p.add_argument("--sds", action="store_true", help="sparse-dense-sparse around the method")
     p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--samples", type=int, default=64, help="calibration windows (default 64)")
-    p.add_argument("--seq-len", type=int, default=256, help="calibration window length (default 256)")
-    p.add_argument("--eval-tokens", type=int, default=8192,
+    p.add_argument("--samples", type=_int_at_least(1), default=64, help="calibration windows (default 64)")
+    p.add_argument("--seq-len", type=_int_at_least(2), default=256,
+                   help="calibration window length (default 256)")
+    p.add_argument("--eval-tokens", type=_int_at_least(0), default=8192,
                    help="NYT test tokens for perplexity, 0 to skip (default 8192)")
-    p.add_argument("--eval-seq-len", type=int, default=512, help="perplexity window (default 512)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--eval-seq-len", type=_int_at_least(2), default=512, help="perplexity window (default 512)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=8)
     p.add_argument("--seed", type=int, default=0, help="calibration windows' seed")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -75,14 +90,24 @@ def run(args):
     from . import perplexity, prune, sds
     from .text import calibration_ids, evaluation_ids
     from ..export import save_sparse
-    from .sequential import check_sparsity_and_pattern
+    from .sequential import check_model_fits, check_sparsity_and_pattern
 
     try:
-        check_sparsity_and_pattern(args.sparsity, args.pattern)
+        _, nm = check_sparsity_and_pattern(args.sparsity, args.pattern)
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"--sparsity/--pattern: {exc}")
+    # Before minutes of loading and evaluating: what the flags alone decide.
+    if args.eval_tokens and args.eval_tokens < args.eval_seq_len:
+        raise SystemExit(f"--eval-tokens {args.eval_tokens} is less than one --eval-seq-len window "
+                         f"({args.eval_seq_len}); give more tokens or 0 to skip the evaluation")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise SystemExit(f"--out: {args.out} exists and is not a directory")
     model, tok = _load(args.model)
-    cal = calibration_ids(tok, args.samples, args.seq_len, seed=args.seed)
+    try:  # before the dense evaluation, which takes minutes
+        check_model_fits(model, nm)
+        cal = calibration_ids(tok, args.samples, args.seq_len, seed=args.seed)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"--model/--pattern/--samples/--seq-len: {exc}")
     out = dict(model=args.model, method=args.method, sds=args.sds, sparsity=args.sparsity,
                pattern=args.pattern, calibration=dict(samples=args.samples, seq_len=args.seq_len,
                                                       tokens=cal.numel(), sources=["amazon", "movie"]))
@@ -97,12 +122,15 @@ def run(args):
     t0 = time.perf_counter()
     kw = dict(method=args.method, sparsity=args.sparsity, pattern=args.pattern,
               batch_size=args.batch_size, progress=not args.no_progress)
-    if args.sds:
-        result = sds(model, cal, **kw)
-        report = result["second"]
-        out["sds_dense"] = result["dense"]
-    else:
-        report = prune(model, cal, **kw)
+    try:
+        if args.sds:
+            result = sds(model, cal, **kw)
+            report = result["second"]
+            out["sds_dense"] = result["dense"]
+        else:
+            report = prune(model, cal, **kw)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"oneshot: {exc}")
     out["seconds"] = time.perf_counter() - t0
     out["layers"] = report
     print(_summary(report, args.method + (" + SDS" if args.sds else "")))

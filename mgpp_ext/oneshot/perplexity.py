@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .sequential import check_ids
+
 
 @torch.no_grad()
 def perplexity(model, token_ids, *, seq_len, batch_size=1, return_counts=False):
@@ -22,11 +24,16 @@ def perplexity(model, token_ids, *, seq_len, batch_size=1, return_counts=False):
                          f"{tuple(ids.shape)}")
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
         raise ValueError(f"seq_len must be an int >= 2, got {seq_len!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
     windows = ids.numel() // seq_len
     if windows == 0:
         raise ValueError(f"token_ids holds {ids.numel()} tokens, fewer than one window of {seq_len}")
+    windows_cpu = ids[: windows * seq_len].view(windows, seq_len)
+    check_ids(windows_cpu, model, "token_ids")  # the vocabulary, and a window within learned positions
     device = next(model.parameters()).device
-    data = ids[: windows * seq_len].view(windows, seq_len).to(device)
+    data = windows_cpu.to(device)
     nll, count = 0.0, 0
     was_training = model.training
     model.eval()

@@ -44,10 +44,40 @@ def check_calibration(calibration, model):
     if calibration.dim() != 2 or calibration.shape[0] < 1 or calibration.shape[1] < 1:
         raise ValueError(f"calibration must have shape [samples, seq_len] with both >= 1, got "
                          f"{tuple(calibration.shape)}")
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and (int(calibration.min()) < 0 or int(calibration.max()) >= vocab):
-        raise ValueError(f"calibration holds token ids outside [0, {vocab}) (the model's vocabulary): "
-                         f"min {int(calibration.min())}, max {int(calibration.max())}")
+    check_ids(calibration, model, "calibration")
+
+
+def check_ids(ids, model, what):
+    """Token ids the model can read: inside its vocabulary, and, for a model
+    with learned absolute positions (GPT-2's ``n_positions``), rows no
+    longer than those (an embedding lookup past them fails with a bare
+    IndexError). Rotary models (Llama) have no such table."""
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"{what} holds token ids outside [0, {vocab}) (the model's vocabulary): "
+                         f"min {int(ids.min())}, max {int(ids.max())}")
+    positions = getattr(config, "n_positions", None)
+    if isinstance(positions, int) and ids.shape[-1] > positions:
+        raise ValueError(f"{what} rows are {ids.shape[-1]} tokens long, but the model has learned "
+                         f"positions for {positions} (config.n_positions); use a shorter seq_len")
+
+
+def check_model_fits(model, nm):
+    """The decoder layers and their linear sublayers, refusing a model with
+    none, or an n:m pattern that does not divide a sublayer's input dim."""
+    layers = decoder_layers(model)
+    subs = [linear_sublayers(layer) for layer in layers]
+    if not any(subs):
+        raise ValueError("model: its decoder layers hold no nn.Linear or Conv1D sublayers")
+    if nm is not None:
+        for li, mods in enumerate(subs):
+            for name, mod in mods.items():
+                cols = weight_view(mod).shape[1]
+                if cols % nm[1]:
+                    raise ValueError(f"pattern '{nm[0]}:{nm[1]}' needs every input dim to be a multiple "
+                                     f"of {nm[1]}, but layer {li} '{name}' has {cols} inputs")
+    return layers, subs
 
 
 def make_method(method, options):
@@ -88,21 +118,12 @@ def prune(model, calibration, *, method, sparsity, pattern=None, batch_size=8, p
     check_calibration(calibration, model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    layers = decoder_layers(model)
-    subs = [linear_sublayers(layer) for layer in layers]
-    if not any(subs):
-        raise ValueError("model: its decoder layers hold no nn.Linear or Conv1D sublayers")
-    if nm is not None:
-        for li, mods in enumerate(subs):
-            for name, mod in mods.items():
-                cols = weight_view(mod).shape[1]
-                if cols % nm[1]:
-                    raise ValueError(f"pattern '{nm[0]}:{nm[1]}' needs every input dim to be a multiple "
-                                     f"of {nm[1]}, but layer {li} '{name}' has {cols} inputs")
+    layers, subs = check_model_fits(model, nm)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     report = []
+    originals = []  # (weight, its values before pruning, on the CPU): undone if anything fails
     try:
         inputs = layer0_inputs(model, layers, calibration.to(device), batch_size)
         bar = _progress(len(layers), method, progress)
@@ -115,7 +136,12 @@ def prune(model, calibration, *, method, sparsity, pattern=None, batch_size=8, p
             for name, mod in mods.items():
                 t1 = time.perf_counter()
                 w = weight_view(mod)
-                extra = pruner.prune(w, stats.get(name), sparsity, nm)
+                originals.append((w, w.detach().to("cpu", copy=True)))
+                try:
+                    extra = pruner.prune(w, stats.get(name), sparsity, nm)
+                except torch.linalg.LinAlgError as e:
+                    raise ValueError(f"{method}: layer {li} '{name}': {e} Raise percdamp or give more "
+                                     "calibration tokens; the model was left as it was") from None
                 report.append(dict(layer=li, module=name, shape=tuple(w.shape),
                                    sparsity=float((w == 0).sum()) / w.numel(),
                                    seconds=t_stats / len(mods) + time.perf_counter() - t1, **extra))
@@ -125,6 +151,10 @@ def prune(model, calibration, *, method, sparsity, pattern=None, batch_size=8, p
                 bar.update(1)
         if bar is not None:
             bar.close()
+    except BaseException:
+        for w, before in originals:
+            w.copy_(before)
+        raise
     finally:
         model.train(was_training)
     return report

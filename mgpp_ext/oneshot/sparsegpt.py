@@ -56,8 +56,9 @@ class SparseGPT:
     def __init__(self, blocksize=128, percdamp=0.01):
         if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
             raise ValueError(f"blocksize must be an int >= 1, got {blocksize!r}")
-        if not (isinstance(percdamp, (int, float)) and 0 <= percdamp < 1):
-            raise ValueError(f"percdamp must be a number in [0, 1), got {percdamp!r}")
+        # > 0: undamped, the Hessian of too few calibration tokens is singular.
+        if isinstance(percdamp, bool) or not (isinstance(percdamp, (int, float)) and 0 < percdamp < 1):
+            raise ValueError(f"percdamp must be a number in (0, 1), got {percdamp!r}")
         self.blocksize = blocksize
         self.percdamp = float(percdamp)
 

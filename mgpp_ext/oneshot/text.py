@@ -50,6 +50,9 @@ def evaluation_ids(tokenizer, split="test", max_tokens=None, *, source=EVALUATIO
     or "test"), its first ``max_tokens`` tokens when given."""
     if split not in ("validation", "test"):
         raise ValueError(f"split must be 'validation' or 'test', got {split!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 1):
+        raise ValueError(f"max_tokens must be None or an int >= 1, got {max_tokens!r}")
     texts = [t for t, _ in load_sentiment(source)[0]]
     random.Random(SPLIT_SEED).shuffle(texts)
     cut = int(len(texts) * VALIDATION_FRACTION)
