@@ -156,3 +156,28 @@ def test_nm_prune_refuses_shared_outputs_and_accepts_disjoint_halves():
     nm_prune_([want], 2, 4, [1], scores=[right.clone()])
     nm_prune_([left], 2, 4, [1], scores=[right])
     assert torch.equal(left, want) and torch.equal(w[:, 4:], before[:, 4:])
+
+
+def test_unfolded_output_refused():
+    """Windows that overlap (unfold) share elements without a zero stride:
+    torch's own test gives up on them, the exact count does not."""
+    p, g, m, v = adamw_lists(1)
+    buf = torch.zeros(98)
+    v = [buf.unfold(0, 12, 11)[:8]]  # 8 windows of 12, each sharing one element with the next
+    assert v[0].shape == (8, 12)
+    before = snapshot(p, m, [buf])
+    with pytest.raises(ValueError, match=r"mgpp_step_: 'exp_avg_sqs\[0\]' has elements that share memory"):
+        mgpp_step(p, g, m, v)
+    assert unchanged(before, p, m, [buf])
+    # Windows that touch but do not share an element are fine.
+    v_ok = [torch.zeros(96).unfold(0, 12, 12)]
+    mgpp_step(p, g, m, v_ok)
+
+
+def test_second_histogram_must_be_its_own():
+    p, g, m, v = adamw_lists(1)
+    hist = torch.zeros(ops.HIST_BINS, dtype=torch.long)
+    before = snapshot(p)
+    with pytest.raises(ValueError, match=r"mgpp_step_: 'hist\[0\]' and 'hist1\[0\]' share memory"):
+        ops.mgpp_step_(p, g, m, v, [], hist, apply_prior=False, hist1=hist, hist1_lo=1, **HP)
+    assert unchanged(before, p)

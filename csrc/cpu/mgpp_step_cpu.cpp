@@ -209,9 +209,6 @@ void check_step_args(at::TensorList params, at::TensorList grads,
   check_hist(hist, op, /*allow_empty=*/true);
   if (np == 0) return;
   check_cpu_masks(masks, params, op);
-  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
-                       {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, false}, {"hist", hist, true}},
-                      op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   if (prior) {
     TORCH_CHECK(n > 0, op, ": 'num_examples' must be > 0, got ", n);
@@ -236,6 +233,10 @@ void mgpp_step_cpu(at::TensorList params, at::TensorList grads,
                   sigma0_sq, sigma1_sq);
   check_hist_window(hist_lo, hist_hi, "mgpp_step_");
   const int64_t n1 = check_hist1(hist1, hist1_lo, hist_lo, hist_hi, hist, "mgpp_step_");
+  mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, false}, {"hist", hist, true},
+                       {"hist1", mem::optional_list(hist1), true}, {"apply_if", mem::optional_list(apply_if), false}},
+                      "mgpp_step_");
   if (params.empty()) return;
   if (check_apply_if(apply_if, params[0].device(), "mgpp_step_") && !apply_if->item<bool>()) {
     if (hist.numel() > 0) {

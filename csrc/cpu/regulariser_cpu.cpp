@@ -280,7 +280,7 @@ void admm_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   reg::check_rho(rho, op);
   mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
                        {"exp_avg_sqs", exp_avg_sqs, true}, {"duals", duals, false},
-                       {"dual_masks", dual_masks, false}},
+                       {"dual_masks", dual_masks, false}, {"apply_if", mem::optional_list(apply_if), false}},
                       op);
   if (params.empty() || gate_closed(apply_if, params, op)) return;
   const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);
@@ -437,7 +437,8 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   check_cpu_list(masks, op, "masks");
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"dense", dense, true},
-                       {"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, true}},
+                       {"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, true},
+                       {"apply_if", mem::optional_list(apply_if), false}},
                       op);
   if (params.empty() || gate_closed(apply_if, params, op)) return;
   const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);

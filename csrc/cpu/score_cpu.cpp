@@ -44,7 +44,8 @@ void movement_step_cpu(at::TensorList params, at::TensorList grads, at::TensorLi
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   score::check_score_lr(score_lr, op);
   mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
-                       {"exp_avg_sqs", exp_avg_sqs, true}, {"scores", scores, true}},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"scores", scores, true},
+                       {"apply_if", mem::optional_list(apply_if), false}},
                       op);
   if (params.empty() || gate_closed(apply_if, params, op)) return;
   const AdamWConsts c = make_adamw_consts(lr, beta1, beta2, eps, weight_decay, step);

@@ -170,7 +170,8 @@ void mgpp_step_cuda(at::TensorList params, at::TensorList grads,
               ": 'masks' must be empty or have one mask per param (", n,
               "), got ", masks.size());
   mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
-                       {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, false}, {"hist", hist, true}},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, false}, {"hist", hist, true},
+                       {"hist1", mem::optional_list(hist1), true}, {"apply_if", mem::optional_list(apply_if), false}},
                       op);
   if (n == 0) return;
 

@@ -137,7 +137,7 @@ void admm_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   reg::check_rho(rho, op);
   mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
                        {"exp_avg_sqs", exp_avg_sqs, true}, {"duals", duals, false},
-                       {"dual_masks", dual_masks, false}},
+                       {"dual_masks", dual_masks, false}, {"apply_if", mem::optional_list(apply_if), false}},
                       op);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(device);
@@ -267,7 +267,8 @@ void srste_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const std::vector<int64_t> d = reg::check_srste(params, dense, masks, n, m, dims, lambda_w, op);
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"dense", dense, true},
-                       {"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, true}},
+                       {"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true}, {"masks", masks, true},
+                       {"apply_if", mem::optional_list(apply_if), false}},
                       op);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(device);
@@ -318,7 +319,8 @@ void movement_step_cuda(at::TensorList params, at::TensorList grads, at::TensorL
   check_adamw_hyper(lr, beta1, beta2, eps, step, op);
   score::check_score_lr(score_lr, op);
   mem::check_disjoint({{"params", params, true}, {"grads", grads, false}, {"exp_avgs", exp_avgs, true},
-                       {"exp_avg_sqs", exp_avg_sqs, true}, {"scores", scores, true}},
+                       {"exp_avg_sqs", exp_avg_sqs, true}, {"scores", scores, true},
+                       {"apply_if", mem::optional_list(apply_if), false}},
                       op);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(device);
