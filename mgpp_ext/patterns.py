@@ -17,6 +17,11 @@ from . import ops
 from .engine.distributed import local
 
 
+def opt_device(opt):
+    """The device the optimizer's prunable tensors live on (their local shards')."""
+    return local(opt._prunable()[0][2]).device
+
+
 class GlobalPattern:
     """Every prunable weight competes with every other: one exact global
     k-th smallest score (the radix select) over all prunable tensors, and
@@ -166,7 +171,11 @@ class NMPattern:
             # Every candidate goes: no select needed, and tau is the largest
             # candidate score.
             cand = [s.float().masked_fill(keep, float("-inf")) for s, keep in zip(scores, safe)]
-            tau = torch.stack([c.max() for c in cand]).max()
+            tau = torch.stack([c.max() for c in cand if c.numel()]
+                              or [torch.tensor(float("-inf"), device=opt_device(opt))]).max().reshape(1)
+            for group in opt._shard_groups():  # the largest over every rank's shards
+                torch.distributed.all_reduce(tau, op=torch.distributed.ReduceOp.MAX, group=group)
+            tau = tau.reshape(())
             masks = safe
         else:
             ranked = [s.masked_fill(keep, float("inf")) for s, keep in zip(scores, safe)]

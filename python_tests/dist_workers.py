@@ -190,3 +190,49 @@ def fsdp_skip_worker(rank, world, out_dir, defer):
     state = {k: v.full_tensor() for k, v in model.state_dict().items()}
     torch.save({"state": state, "record": opt.schedule_state()},
                os.path.join(out_dir, f"skip{rank}.pt"))
+
+
+NM_HYPER = dict(total_steps=12, target_sparsity=0.5, initial_warmup_steps=2, final_finetune_steps=3,
+                prune_interval=3, pattern="2:4")
+
+
+def nm_groups(model):
+    """The first two Linear weights pruned 2:4 (input dims 24 and 40); the rest dense."""
+    pruned = [model[0].weight, model[2].weight]
+    rest = [p for p in model.parameters() if all(p is not q for q in pruned)]
+    return [{"params": pruned, "prune": True}, {"params": rest, "prune": False}]
+
+
+def nm_single_process():
+    """The last threshold of GMP 2:4 at lr = 0 in one process (the reference)."""
+    model = make_model()
+    opt = mgpp_ext.GMP(nm_groups(model), lr=0.0, **NM_HYPER)
+    train(model, opt, batches(NM_HYPER["total_steps"]))
+    return opt.last_threshold
+
+
+@in_process_group
+def fsdp_guard_worker(rank, world, out_dir):
+    """Two FSDP2 cases: a prunable set that mixes sharded and plain weights is
+    refused before anything changes; GMP 2:4's last threshold is the global
+    one on every rank."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    mixed = make_model()
+    fully_shard(mixed[0], mesh=mesh)  # the other Linears stay plain
+    opt = mgpp_ext.GMP(mixed.parameters(), lr=1e-2, **{k: v for k, v in NM_HYPER.items() if k != "pattern"})
+    x, y = batches(1)[0]
+    torch.nn.functional.cross_entropy(mixed(x), y).backward()
+    try:
+        opt.step()
+        mixed_error = None
+    except RuntimeError as e:
+        mixed_error = str(e)
+    mixed_step = opt.current_step
+    model = sharded_model(mesh)
+    opt = mgpp_ext.GMP(nm_groups(model), lr=0.0, **NM_HYPER)
+    train(model, opt, batches(NM_HYPER["total_steps"]), rank, world)
+    torch.save({"mixed_error": mixed_error, "mixed_step": mixed_step, "nm_threshold": opt.last_threshold},
+               os.path.join(out_dir, f"guard{rank}.pt"))

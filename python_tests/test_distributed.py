@@ -123,3 +123,17 @@ def test_fsdp2_baselines_match_single_process(tmp_path, method):
         torch.testing.assert_close(r0["state"][k], ref_state[k], rtol=1e-4, atol=1e-5)
     assert r0["sparsity"] == r1["sparsity"] >= 0.74
 
+
+
+def test_fsdp2_mixed_sharding_refused_and_nm_threshold_global(tmp_path):
+    """A prunable set of sharded and plain weights would count the plain ones
+    once per rank in the global threshold: refused at the step, which changes
+    nothing. GMP 2:4's last event takes the largest candidate over every
+    rank's shards: the same threshold on both ranks as in one process."""
+    ref = W.nm_single_process()
+    spawn(W.fsdp_guard_worker, str(tmp_path))
+    r0, r1 = (torch.load(tmp_path / f"guard{r}.pt") for r in range(2))
+    for r in (r0, r1):
+        assert r["mixed_error"] is not None and "plain tensor while others are sharded" in r["mixed_error"]
+        assert r["mixed_step"] == 0
+    assert ref is not None and r0["nm_threshold"] == r1["nm_threshold"] == ref

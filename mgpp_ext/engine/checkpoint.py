@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from .distributed import local
+from .distributed import is_dtensor, local
 from .validation import check_adamw
 
 
@@ -207,9 +207,21 @@ class Checkpoint:
             if st is None:
                 continue
             for key, v in st.items():
-                # A packed bit mask holds ceil(numel / 8) bytes.
-                want = (-(-p.numel() // 8),) if key in packed else tuple(p.shape)
-                if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != want:
+                if not isinstance(v, torch.Tensor) or v.dim() == 0:
+                    continue
+                if is_dtensor(v) != is_dtensor(p) or (is_dtensor(v) and (
+                        v.device_mesh != p.device_mesh or tuple(v.placements) != tuple(p.placements))):
+                    how = lambda t: (f"sharded as {tuple(t.placements)} on {t.device_mesh}"  # noqa: E731
+                                     if is_dtensor(t) else "not sharded")
+                    raise ValueError(
+                        f"{name}.load_state_dict: saved '{key}' of param {i} is {how(v)}, the param is "
+                        f"{how(p)} (a checkpoint of another sharding or world size: load it with "
+                        "torch.distributed.checkpoint into the same sharding)")
+                # Plain state of a sharded param (a regulariser's) is this
+                # rank's own piece; a packed bit mask holds ceil(numel / 8) bytes.
+                ref = p if is_dtensor(v) else local(p)
+                want = (-(-ref.numel() // 8),) if key in packed else tuple(ref.shape)
+                if tuple(v.shape) != want:
                     raise ValueError(
                         f"{name}.load_state_dict: saved '{key}' of param {i} has shape "
                         f"{tuple(v.shape)} but the param has shape {tuple(p.shape)}"

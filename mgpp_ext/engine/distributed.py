@@ -46,6 +46,27 @@ def like_param(local_tensor, p):
                               shape=p.shape, stride=p.stride())
 
 
+def check_one_sharding(prunable, owner):
+    """The prunable tensors are all plain or all DTensors on one mesh with one
+    placement: the global threshold sums histograms over the first one's
+    shard groups, which would count a plain (whole) tensor once per rank, or
+    a tensor sharded otherwise wrongly."""
+    first = next((p for p in prunable if is_dtensor(p)), None)
+    if first is None:
+        return
+    for i, p in enumerate(prunable):
+        if not is_dtensor(p):
+            raise RuntimeError(
+                f"{owner}: prunable parameter {i} is a plain tensor while others are sharded (FSDP2 "
+                "DTensors); the global threshold would count it once per rank. Shard every module "
+                "that holds a prunable weight (fully_shard), or none")
+        if p.device_mesh != first.device_mesh or tuple(p.placements) != tuple(first.placements):
+            raise RuntimeError(
+                f"{owner}: prunable parameter {i} is sharded as {tuple(p.placements)} on "
+                f"{p.device_mesh}, the first as {tuple(first.placements)} on {first.device_mesh}; "
+                "the global threshold needs one mesh and one placement for every prunable weight")
+
+
 def shard_groups(tensors):
     """Process groups across which ``tensors`` (the prunable set) are split."""
     for p in tensors:

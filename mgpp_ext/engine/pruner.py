@@ -14,7 +14,7 @@ import torch
 from .. import ops
 from .buckets import adamw_buckets, adamw_hyper, adamw_lists
 from .checkpoint import Checkpoint
-from .distributed import local, reduce_histogram, shard_groups
+from .distributed import check_one_sharding, local, reduce_histogram, shard_groups
 from .events import Events
 from .nonfinite import NonfiniteCheck, PendingCheck
 from .select import GlobalSelect
@@ -151,6 +151,7 @@ class PruningOptimizer(Checkpoint, NonfiniteCheck, Events, torch.optim.Optimizer
                         f"{type(self).__name__}: prunable parameter {i} changed shape from {b} to {a} after "
                         "the optimizer was built; rebuild the optimizer")
             raise RuntimeError(f"{type(self).__name__}: the set of prunable parameters changed; rebuild the optimizer")
+        check_one_sharding(prunable, type(self).__name__)
         devices = {p.device for p in prunable}
         if len(devices) > 1:
             raise RuntimeError(
