@@ -91,7 +91,7 @@ def _output_dim(module, weight):
 @contextlib.contextmanager
 def _scoring(model, params):
     """Eval mode, gradients on exactly ``params``; everything restored after."""
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each submodule's own mode
     saved_grads = {id(p): p.grad for p in model.parameters()}
     flags = {id(p): p.requires_grad for p in model.parameters()}
     scored = {id(p) for p in params}
@@ -105,7 +105,8 @@ def _scoring(model, params):
         for p in model.parameters():
             p.grad = saved_grads[id(p)]
             p.requires_grad_(flags[id(p)])
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def _mean_gradients(model, params, batches, loss_fn, passes=1):
@@ -120,6 +121,9 @@ def _mean_gradients(model, params, batches, loss_fn, passes=1):
                 loss = loss_fn(model, batch)
                 if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
                     raise TypeError("loss_fn(model, batch) must return a scalar tensor")
+                if not loss.requires_grad:
+                    raise ValueError("loss_fn(model, batch) does not depend on any of the scored params; "
+                                     "score parameters the loss uses")
                 loss.backward()
             for s, p in zip(sums, params):
                 if p.grad is not None:

@@ -114,6 +114,7 @@ def test_smooth_cut_matches_reference():
 def test_scoring_leaves_the_model_as_it_was():
     model = Tiny()
     model.train()
+    model.fc2.eval()  # a submodule in its own mode keeps it
     before = {n: bits(p).clone() for n, p in model.named_parameters()}
     model.fc2.bias.requires_grad_(False)
     model.fc1.weight.grad = torch.ones_like(model.fc1.weight)
@@ -121,7 +122,8 @@ def test_scoring_leaves_the_model_as_it_was():
         if name == "magnitude":
             continue
         importance.SCORES[name](model, params_of(model), batches(), loss_fn)
-    assert model.training and not model.fc2.bias.requires_grad and model.emb.weight.requires_grad
+    assert model.training and not model.fc2.training and model.fc1.training
+    assert not model.fc2.bias.requires_grad and model.emb.weight.requires_grad
     assert torch.equal(model.fc1.weight.grad, torch.ones_like(model.fc1.weight)) and model.fc2.weight.grad is None
     for n, p in model.named_parameters():
         assert torch.equal(bits(p), before[n]), n
@@ -254,3 +256,11 @@ def test_smooth_cut_perturbs_the_modules_with_weights_only():
         got = {id(m) for m in importance._noised(model)}
         want = {id(m) for m in model.modules() if isinstance(m, kinds)}
         assert got == want, type(model).__name__
+
+
+def test_score_of_a_param_the_loss_does_not_use_refused():
+    model = Tiny()
+    model.extra = torch.nn.Linear(3, 3)  # a parameter of the model that the forward never uses
+    with pytest.raises(ValueError, match="does not depend on any of the scored params"):
+        importance.taylor(model, [model.extra.weight], batches(), loss_fn)
+    assert model.extra.weight.requires_grad and model.extra.weight.grad is None

@@ -45,7 +45,7 @@ class MGPPPlaton(PruningOptimizer):
             total_steps=total_steps, initial_warmup_steps=initial_warmup_steps,
             final_finetune_steps=final_finetune_steps, prune_interval=prune_interval,
             initial_sparsity=initial_sparsity, target_sparsity=target_sparsity,
-            lambda_mix=lambda_mix, lambda_anneal=tuple(lambda_anneal))
+            lambda_mix=lambda_mix, lambda_anneal=lambda_anneal)
         super().__init__(params, lr, betas, eps, weight_decay, schedule=schedule, score=score,
                          pattern=NMPattern.parse(pattern), regulariser=prior, on_nonfinite=on_nonfinite)
 
