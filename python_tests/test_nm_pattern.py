@@ -224,3 +224,17 @@ def test_checkpoint_of_another_pattern_refused():
 
 def test_exported():
     assert mgpp_ext.NMPattern is NMPattern
+
+
+def test_empty_prunable_tensor_with_a_pattern():
+    """An empty tensor among the prunable ones has no candidate at the last
+    event; the others still end exactly n:m and every step is counted."""
+    ws = [torch.randn(0, 4, requires_grad=True), torch.randn(4, 8, requires_grad=True)]
+    opt = GMP(ws, total_steps=4, target_sparsity=0.5, prune_interval=1, final_finetune_steps=1, pattern="2:4")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        for w in ws:
+            w.grad = torch.randn(w.shape, generator=g)
+        opt.step()
+    assert opt.current_step == 4
+    assert ((ws[1] != 0).reshape(-1, 4).sum(1) == 2).all()
