@@ -80,6 +80,19 @@ def _owner(model, p):
     raise ValueError("a scored param is not the 'weight' of any module of the model")
 
 
+def _linear_owner(model, p, i):
+    """The nn.Linear or GPT-2 Conv1D whose weight ``p`` is (for a weight tied
+    to an embedding, the linear layer that shares it): Cam-Cut's activation
+    is that module's output, one value per output feature."""
+    owners = [m for m in model.modules() if m._parameters.get("weight") is p]
+    for m in owners:
+        if p.dim() == 2 and (isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"):
+            return m
+    kinds = ", ".join(type(m).__name__ for m in owners) or "no module"
+    raise ValueError(f"cam_cut: params[{i}] is the weight of {kinds}; Cam-Cut scores the 2-D weights of "
+                     "nn.Linear and Conv1D layers (their output per output feature is the activation)")
+
+
 def _output_dim(module, weight):
     """The dim of ``weight`` that indexes the module's outputs: 0 for an
     ``nn.Linear`` ``[out, in]``, 1 for a GPT-2 ``Conv1D`` ``[in, out]``."""
@@ -155,13 +168,17 @@ def cam_cut(model, params, batches, loss_fn):
     along the weight's input dimension."""
     params = _check_params(model, params)
     batches = _check_batches(batches)
-    owners = [_owner(model, p) for p in params]
+    owners = [_linear_owner(model, p, i) for i, p in enumerate(params)]
     sums = [torch.zeros(p.shape[_output_dim(m, p)], dtype=torch.float64, device=p.device)
             for m, p in zip(owners, params)]
     counts = [0] * len(params)
 
     def hook(i):
         def record(module, args, out):
+            features = params[i].shape[_output_dim(module, params[i])]
+            if not isinstance(out, torch.Tensor) or out.dim() < 1 or out.shape[-1] != features:
+                raise ValueError(f"cam_cut: the output of params[{i}]'s module does not end in its "
+                                 f"{features} output features (got {getattr(out, 'shape', type(out))})")
             y = out.detach().double().reshape(-1, out.shape[-1])
             sums[i].add_(y.sum(0))
             counts[i] += y.shape[0]
@@ -174,9 +191,13 @@ def cam_cut(model, params, batches, loss_fn):
         finally:
             for h in handles:
                 h.remove()
+    for i, n in enumerate(counts):
+        if n == 0:
+            raise ValueError(f"cam_cut: the module of params[{i}] was never called by loss_fn, so it has "
+                             "no activation to score with")
     scores = []
     for m, p, g, s, n in zip(owners, params, grads, sums, counts):
-        a = (s / max(n, 1)).float()
+        a = (s / n).float()
         shape = [1] * p.dim()
         shape[_output_dim(m, p)] = -1
         scores.append((p.detach().float() * g * a.view(shape)).abs_())

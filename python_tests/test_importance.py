@@ -264,3 +264,16 @@ def test_score_of_a_param_the_loss_does_not_use_refused():
     with pytest.raises(ValueError, match="does not depend on any of the scored params"):
         importance.taylor(model, [model.extra.weight], batches(), loss_fn)
     assert model.extra.weight.requires_grad and model.extra.weight.grad is None
+
+
+def test_cam_cut_refuses_weights_it_cannot_score():
+    """Cam-Cut's activation is a linear layer's output per output feature:
+    an embedding's weight, and a layer the loss never calls, are refused by
+    name, and the model is left as it was."""
+    model = Tiny()
+    with pytest.raises(ValueError, match=r"params\[0\] is the weight of Embedding"):
+        importance.cam_cut(model, [model.emb.weight], batches(), loss_fn)
+    model.extra = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"the module of params\[1\] was never called"):
+        importance.cam_cut(model, [model.fc1.weight, model.extra.weight], batches(), loss_fn)
+    assert model.fc1.weight.grad is None and model.training
