@@ -41,13 +41,15 @@ import torch
 
 __all__ = ["magnitude", "taylor", "cam_cut", "smooth_cut", "masks_from_scores", "SCORES"]
 
-_NO_NOISE = (torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.RMSNorm)
+_NO_NOISE = (torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm,
+             torch.nn.modules.batchnorm._NormBase)  # batch and instance norms
 
 
 def _noised(model):
     """The modules whose outputs Smooth-Cut perturbs: those holding a weight
     or a bias of their own (linear layers, GPT-2's Conv1D), but embeddings
-    and normalisation layers (``*Norm`` classes, as Llama's RMSNorm), as in
+    and normalisation layers (torch's layer, RMS, group, batch and instance
+    norms, and ``*Norm`` classes such as Llama's RMSNorm), as in
     DeepCuts' code; parameter-free modules (activations, dropout) and
     containers are not perturbed, so no output is perturbed twice."""
     return [m for m in model.modules()

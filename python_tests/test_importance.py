@@ -256,6 +256,11 @@ def test_smooth_cut_perturbs_the_modules_with_weights_only():
         got = {id(m) for m in importance._noised(model)}
         want = {id(m) for m in model.modules() if isinstance(m, kinds)}
         assert got == want, type(model).__name__
+    # torch's batch, instance and group norms are normalisation layers too.
+    conv = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3), torch.nn.BatchNorm1d(4),
+                               torch.nn.InstanceNorm1d(4, affine=True), torch.nn.GroupNorm(2, 4),
+                               torch.nn.Linear(4, 2))
+    assert [type(m).__name__ for m in importance._noised(conv)] == ["Conv1d", "Linear"]
 
 
 def test_score_of_a_param_the_loss_does_not_use_refused():
