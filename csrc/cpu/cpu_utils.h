@@ -165,9 +165,9 @@ inline fVec load_keep1(const bool* m) {
   const __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
   return _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_cmpneq_epi32_mask(w, _mm512_setzero_si512())));
 #elif defined(CPU_CAPABILITY_AVX2)
+  // Zero-extended bytes are >= 0, so one signed compare with 0 is "!= 0".
   const __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
-  return _mm256_castsi256_ps(
-      _mm256_xor_si256(_mm256_cmpeq_epi32(w, _mm256_setzero_si256()), _mm256_set1_epi32(-1)));
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(w, _mm256_setzero_si256()));
 #else
   uint32_t bits[fVec::size()];
   for (int64_t j = 0; j < fVec::size(); ++j) bits[j] = m[j] ? ~0u : 0u;

@@ -191,40 +191,55 @@ MGPP_VEC_INLINE void store_keep_bytes(bool* out, const iVec (&k)[4]) {
 
 // SR-STE's mask-updating step over len fp32 elements of contiguous groups
 // of 4 (len a multiple of 4), four vectors (8 groups on AVX2, 16 on
-// AVX-512) at a time in registers: AdamW on the four (adamw_element with
-// SrsteTerm, which reads the old mask before it is overwritten), their
-// order keys, the n:4 selection, then M and W M written straight from the
-// keep lanes. The same operations as the general path (adamw_block, keys,
+// AVX-512) at a time: AdamW on the four (adamw_element with SrsteTerm,
+// which reads the old mask before it is overwritten), then their order
+// keys, the n:4 selection, and M and W M written straight from the keep
+// lanes. The same operations as the general path (adamw_block, keys,
 // select, mask_bytes, masked_copy), so the same bits, but no keys or keep
 // buffer between passes, and the streaming stores of W M interleave with
 // the arithmetic instead of following it in a burst the write-combining
-// buffers cannot absorb. The last groups (fewer than four vectors) take the
+// buffers cannot absorb.
+// The selection of a block runs kLag blocks behind its AdamW, from the
+// dense weights just stored (still in L1). On a core whose AdamW waits on
+// its divides, the selection then has its inputs ready and fills the other
+// pipes while the next divides run; selecting each block right after its
+// own divides left it waiting on them (measured: the selection's cost fell
+// by about a third). The last groups (fewer than four vectors) take the
 // scalar forms.
 void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, float* param,
                   int64_t len, int n, const AdamWConsts& c_in, float lam) {
   const AdamWConsts c = c_in;  // local: stores through the float pointers could alias it
   const SrsteTerm term{keep, lam};
-  constexpr int64_t kL = fVec::size();
-  int64_t j = 0;
-  for (; j + 4 * kL <= len; j += 4 * kL) {
+  constexpr int64_t kL = fVec::size(), kStep = 4 * kL, kLag = 2;
+  const auto select_block = [&](int64_t j) {
     fVec p[4];
     iVec k[4];
 #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
-      const int64_t i = j + r * kL;
-      fVec pr = fVec::loadu(w + i), mr = fVec::loadu(mo + i), vr = fVec::loadu(v + i);
-      adamw_element(pr, fVec::loadu(g + i), mr, vr, c, term, i);
-      pr.store(w + i);
-      mr.store(mo + i);
-      vr.store(v + i);
-      p[r] = pr;
-      k[r] = nm_block::key_vec<true>(pr);
+      p[r] = fVec::loadu(w + j + r * kL);
+      k[r] = nm_block::key_vec<true>(p[r]);
     }
     select4_lanes(k, n);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) stream1(param + j + r * kL, p[r] & at::vec::cast<float>(k[r]));
     store_keep_bytes(keep + j, k);
+  };
+  const int64_t blocks = len / kStep;
+  for (int64_t b = 0; b < blocks; ++b) {
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const int64_t i = b * kStep + r * kL;
+      fVec pr = fVec::loadu(w + i), mr = fVec::loadu(mo + i), vr = fVec::loadu(v + i);
+      adamw_element(pr, fVec::loadu(g + i), mr, vr, c, term, i);
+      pr.store(w + i);
+      mr.store(mo + i);
+      vr.store(v + i);
+    }
+    // Block b - kLag's old mask was read by its own AdamW, kLag blocks ago.
+    if (b >= kLag) select_block((b - kLag) * kStep);
   }
+  for (int64_t b = std::max<int64_t>(0, blocks - kLag); b < blocks; ++b) select_block(b * kStep);
+  int64_t j = blocks * kStep;
   for (; j < len; j += 4) {
     float pf[4];
     int32_t key[4];
