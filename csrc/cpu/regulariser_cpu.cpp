@@ -203,11 +203,11 @@ MGPP_VEC_INLINE void store_keep_bytes(bool* out, const iVec (&k)[4]) {
 // dense weights just stored (still in L1). On a core whose AdamW waits on
 // its divides, the selection then has its inputs ready and fills the other
 // pipes while the next divides run; selecting each block right after its
-// own divides left it waiting on them. Measured on a Zen 3 core (768K
-// weights in cache, one thread): the step cost 1.47x the fixed-mask step
-// before, 1.2x with this lag and nm_block's 18-op 4-row selection (lags of
-// 1 and 4 did slightly worse). The last groups (fewer than four vectors)
-// take the scalar forms.
+// own divides left it waiting on them. With this lag and nm_block's 18-op
+// 4-row selection the op went from 1.34x to 1.12x fused AdamW on a Zen 3
+// core (benchmarks/regulariser_breakdown.py --size 768000 --threads 1;
+// lags of 1 and 4 did slightly worse than 2). The last groups (fewer than
+// four vectors) take the scalar forms.
 void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, float* param,
                   int64_t len, int n, const AdamWConsts& c_in, float lam) {
   const AdamWConsts c = c_in;  // local: stores through the float pointers could alias it
