@@ -2,7 +2,9 @@
 reference of its step; frozen weights bitwise unchanged; resume; bad input."""
 import copy
 import io
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -264,6 +266,32 @@ def test_bad_arguments_refused_by_name():
     model2, weights2, head2 = make()
     with pytest.raises(ValueError, match="relaxation"):
         AdaptByPruning(model2, weights2, head2, **KW).load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("t", -1, "'t' must be an int >= 0, got -1"),
+    ("skipped", 2.0, "'skipped' must be an int >= 0"),
+    ("tau", "x", "'tau' must be a number, got 'x'"),
+    ("hc_tau", None, "'hc_tau' must be a number, got None"),
+    ("fixed", 1, "'fixed' must be a bool, got 1"),
+])
+def test_corrupt_record_refused_before_anything_loads(key, value, match):
+    model, weights, head = make()
+    learner = AdaptByPruning(model, weights, head, **KW)
+    for t in range(3):
+        loss_of(model, t).backward()
+        learner.step()
+        learner.zero_grad()
+    saved = learner.state_dict()
+    groups = [dict(g) for g in saved["param_groups"]]
+    rec = json.loads(groups[0]["mgpp"])
+    rec[key] = value
+    groups[0]["mgpp"] = json.dumps(rec)
+    model2, weights2, head2 = make()
+    other = AdaptByPruning(model2, weights2, head2, **KW)
+    with pytest.raises(ValueError, match=re.escape(match) + ".*corrupt checkpoint"):
+        other.load_state_dict({**saved, "param_groups": groups})
+    assert other.current_step == 0 and not other.state
 
 
 @pytest.mark.parametrize("relaxation", ["topk", "hard_concrete"])

@@ -16,7 +16,7 @@ import json
 import torch
 
 from .distributed import is_dtensor, local
-from .validation import check_adamw
+from .validation import check_adamw, record_field
 
 
 @contextlib.contextmanager
@@ -149,17 +149,9 @@ class Checkpoint:
         """(t, events, skipped, last_k, threshold) of the record, each
         checked, so that a corrupt record is refused before anything loads."""
         name = type(self).__name__
-        values = []
-        for key in ("t", "events", "skipped", "last_k"):
-            v = extra.get(key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}.load_state_dict: the record's '{key}' must be an int >= 0, "
-                                 f"got {v!r} (corrupt checkpoint)")
-            values.append(v)
-        th = extra.get("threshold")
-        if th is not None and (isinstance(th, bool) or not isinstance(th, (int, float))):
-            raise ValueError(f"{name}.load_state_dict: the record's 'threshold' must be a number or "
-                             f"None, got {th!r} (corrupt checkpoint)")
+        owner = f"{name}.load_state_dict"
+        values = [record_field(owner, extra, key, "count") for key in ("t", "events", "skipped", "last_k")]
+        th = record_field(owner, extra, "threshold", "number or None")
         record = extra.get("extra", {})
         if not isinstance(record, dict):
             raise ValueError(f"{name}.load_state_dict: the record's 'extra' must be a dict, got "

@@ -30,6 +30,29 @@ def check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
         raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value}")
 
 
+def record_field(owner, record, key, kind, default=None):
+    """``record[key]`` of a checkpoint record, checked by kind before
+    anything loads: "count" (an int >= 0), "number" (an int or float),
+    "number or None", "bool". ``default`` stands in for a missing key;
+    owner names the loader in the error (e.g. ``"MGPP.load_state_dict"``)."""
+    v = record.get(key, default)
+    number = not isinstance(v, bool) and isinstance(v, (int, float))
+    if kind == "count":
+        ok, what = number and isinstance(v, int) and v >= 0, "an int >= 0"
+    elif kind == "number":
+        ok, what = number, "a number"
+    elif kind == "number or None":
+        ok, what = v is None or number, "a number or None"
+    elif kind == "bool":
+        ok, what = isinstance(v, bool), "a bool"
+    else:
+        raise ValueError(f"record_field: kind must be 'count', 'number', 'number or None' or 'bool', "
+                         f"got {kind!r}")
+    if not ok:
+        raise ValueError(f"{owner}: the record's '{key}' must be {what}, got {v!r} (corrupt checkpoint)")
+    return v
+
+
 def check_adamw(lr, betas, eps, weight_decay):
     """AdamW's own arguments."""
     check_number("lr", lr, lo=0.0)

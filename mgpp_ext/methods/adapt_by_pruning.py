@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from .. import ops
 from ..engine.buckets import adamw_buckets, adamw_hyper, adamw_lists
-from ..engine.validation import FLOAT_DTYPES, check_adamw, check_number, check_on_nonfinite
+from ..engine.validation import FLOAT_DTYPES, check_adamw, check_number, check_on_nonfinite, record_field
 from ..schedule import Schedule
 
 RELAXATIONS = ("topk", "hard_concrete")
@@ -347,18 +347,12 @@ class AdaptByPruning(torch.optim.Optimizer):
             if saved.get(key) != mine.get(key):
                 raise ValueError(f"AdaptByPruning.load_state_dict: the checkpoint's {key} is {saved.get(key)!r}, "
                                  f"this learner's {mine.get(key)!r}")
+        owner = "AdaptByPruning.load_state_dict"
         for key in ("t", "skipped"):
-            if isinstance(rec.get(key), bool) or not isinstance(rec.get(key), int) or rec[key] < 0:
-                raise ValueError(f"AdaptByPruning.load_state_dict: the record's '{key}' must be an int >= 0, "
-                                 f"got {rec.get(key)!r} (corrupt checkpoint)")
+            record_field(owner, rec, key, "count")
         for key in ("tau", "hc_tau"):
-            v = rec.get(key, 0.0)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"AdaptByPruning.load_state_dict: the record's '{key}' must be a number, "
-                                 f"got {v!r} (corrupt checkpoint)")
-        if not isinstance(rec.get("fixed"), bool):
-            raise ValueError(f"AdaptByPruning.load_state_dict: the record's 'fixed' must be a bool, "
-                             f"got {rec.get('fixed')!r} (corrupt checkpoint)")
+            record_field(owner, rec, key, "number", default=0.0)
+        record_field(owner, rec, "fixed", "bool")
         gen = state_dict.pop("generator", None)
         super().load_state_dict(state_dict)
         self._t, self._tau, self._skipped = rec["t"], float(rec["tau"]), rec["skipped"]
