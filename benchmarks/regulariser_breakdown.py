@@ -4,13 +4,17 @@ optimizer-level ratios of regulariser_cases.py go.
 
     PYTHONPATH=. python benchmarks/regulariser_breakdown.py
     PYTHONPATH=. python benchmarks/regulariser_breakdown.py --size 768000 --threads 1
+    PYTHONPATH=. python benchmarks/regulariser_breakdown.py --pattern 4:8 --dim 0
 
 The default is bench_step.py's 10M BERT-shaped fp32 tensors on every
 thread (memory-bound). ``--size 768000 --threads 1`` is one 1000 x 768
 tensor whose state fits in a Zen 3 L3: the ops' compute, without DRAM.
 The cases run round-robin (one call of each per round) and each ratio is
 the median over rounds of case / AdamW within the round, so a slow spell
-of a shared host falls on both sides of every ratio.
+of a shared host falls on both sides of every ratio. ``--pattern`` and
+``--dim`` set the SR-STE ops' and the projection's n:m groups (default 2:4
+along dim -1, the register path; dim 0, as a GPT-2 Conv1D weight, or
+m != 4 take the general path).
 """
 import argparse
 import os
@@ -32,7 +36,13 @@ def main(argv=None):
                     help="weights in one 768-wide tensor (default: 10M in BERT shapes)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--pattern", default="2:4", help="n:m of the SR-STE and projection cases")
+    ap.add_argument("--dim", type=int, default=-1, help="the dim the n:m groups run along")
     args = ap.parse_args(argv)
+    try:
+        pn, pm = (int(x) for x in args.pattern.split(":"))
+    except ValueError:
+        raise SystemExit(f"--pattern must be 'n:m', got {args.pattern!r}") from None
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.size is None:
@@ -54,7 +64,7 @@ def main(argv=None):
     k = [rops.new_dual_mask(p).fill_(255) for p in params]
     dense = [p.clone() for p in params]
     keep = [torch.ones_like(p, dtype=torch.bool) for p in params]
-    dims = [-1] * len(params)
+    dims = [args.dim] * len(params)
     hp = dict(lr=1e-3, beta1=0.9, beta2=0.98, eps=1e-6, weight_decay=0.0, step=1)
     ps = [p.clone() for p in params]
     for p, g in zip(ps, grads):
@@ -68,11 +78,11 @@ def main(argv=None):
         "all_finite": lambda: ops.all_finite(grads),
         "admm_step_": lambda: rops.admm_step_(params, grads, m, v, a, k, rho=1e-3, **hp),
         "srste fixed": lambda: rops.srste_step_(params, grads, dense, m, v, keep, lambda_w=2e-4,
-                                                n=2, m=4, dims=dims, update_mask=False, **hp),
+                                                n=pn, m=pm, dims=dims, update_mask=False, **hp),
         "srste update": lambda: rops.srste_step_(params, grads, dense, m, v, keep, lambda_w=2e-4,
-                                                 n=2, m=4, dims=dims, update_mask=True, **hp),
-        "admm_project_": lambda: rops.admm_project_(params, a, k, 2, 4, dims),
-        "nm_prune_ (2:4, for scale)": lambda: nm_prune_(dense, 2, 4, -1),
+                                                 n=pn, m=pm, dims=dims, update_mask=True, **hp),
+        "admm_project_": lambda: rops.admm_project_(params, a, k, pn, pm, dims),
+        f"nm_prune_ ({pn}:{pm}, for scale)": lambda: nm_prune_(dense, pn, pm, args.dim),
     }
     samples = {name: [] for name in cases}
     for f in cases.values():
@@ -84,7 +94,7 @@ def main(argv=None):
                 f()
             samples[name].append((time.perf_counter() - t0) / reps)
     base = samples["adamw fused"]
-    print(f"{what}, {numel:,} fp32 weights, {torch.get_num_threads()} threads, "
+    print(f"{what}, {numel:,} fp32 weights, {pn}:{pm} along dim {args.dim}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds of {reps} call(s) per case")
     print(f"{'case':28s} {'median ms':>10s} {'/ AdamW':>8s}")
     for name, s in samples.items():
