@@ -205,20 +205,25 @@ def test_srste_step_matches_reference(case, dtype, edge, update_mask):
                         ["params", "dense", "exp_avgs", "exp_avg_sqs", "masks"])
 
 
-# fp32 groups of 4 along contiguous memory take a register path in the
-# vector builds, four vectors of groups at a time (8 groups on AVX2, 16 on
-# AVX-512) and the scalar form for the rest: lengths below, at and past one
-# iteration of either width, every n, several parallel pieces, and params
-# whose data mostly does not start on a vector boundary (plain stores
-# instead of streaming ones).
-M4_SHAPES = [[(1, 4)], [(1, 60)], [(4, 16)], [(17, 4)], [(31, 12)], [(70, 2048)]]
+# fp32 groups of 4 or 8 along contiguous memory take a register path in
+# the vector builds, m vectors of groups at a time (8 groups on AVX2, 16 on
+# AVX-512; 32 / 64 elements for m = 4, 64 / 128 for m = 8) and the scalar
+# form for the rest: lengths below, at and past one iteration of either
+# width and past the two-iteration lag of the selection, every kind of n,
+# several parallel pieces, and params whose data mostly does not start on a
+# vector boundary (plain stores instead of streaming ones).
+REGISTER_SHAPES = {
+    4: [[(1, 4)], [(1, 60)], [(4, 16)], [(17, 4)], [(31, 12)], [(70, 2048)]],
+    8: [[(1, 8)], [(1, 120)], [(2, 64)], [(17, 8)], [(31, 24)], [(70, 2048)]],
+}
 
 
 @pytest.mark.parametrize("edge", ["random", "inf_nan"])
-@pytest.mark.parametrize("n", [1, 2, 3])
-@pytest.mark.parametrize("shapes", range(len(M4_SHAPES)))
-def test_srste_groups_of_4_register_path(shapes, n, edge):
-    shapes = M4_SHAPES[shapes]
+@pytest.mark.parametrize("m_n", [(4, 1), (4, 2), (4, 3), (8, 1), (8, 4), (8, 7)])
+@pytest.mark.parametrize("shapes", range(6))
+def test_srste_register_path(shapes, m_n, edge):
+    group, n = m_n
+    shapes = REGISTER_SHAPES[group][shapes]
     w, g, m, v, _, _ = state(shapes, torch.float32, torch.float32, edge, seed=40 + n)
     keep = [torch.rand(x.shape, generator=torch.Generator().manual_seed(6)) < 0.5 for x in w]
     # Each param a view one row into a larger buffer: off the vector
@@ -227,7 +232,7 @@ def test_srste_groups_of_4_register_path(shapes, n, edge):
     for x, y, kk in zip(p, w, keep):
         x.copy_(y.masked_fill(~kk, 0.0))
     rp, rw, rm, rv, rk = clone(p), clone(w), clone(m), clone(v), clone(keep)
-    kw = dict(lambda_w=0.3, n=n, m=4, dims=[-1] * len(shapes), update_mask=True, **HP)
+    kw = dict(lambda_w=0.3, n=n, m=group, dims=[-1] * len(shapes), update_mask=True, **HP)
     rops.srste_step_(p, g, w, m, v, keep, **kw)
     ref.srste_step_(rp, g, rw, rm, rv, rk, **kw)
     assert_all_same([p, w, m, v, keep], [rp, rw, rm, rv, rk],

@@ -166,6 +166,39 @@ MGPP_VEC_INLINE void select4_lanes(iVec (&k)[4], int n) {
 #endif
 }
 
+// The n:8 keep lanes of the groups in k, in place; each 256-bit half of
+// k[r] holds one group of 8 (a 512-bit vector: group 2r in its low half,
+// 2r + 1 in its high half). An 8 x 8 transpose turns eight such halves into
+// entry-r-of-8-groups rows for select_rows, and back.
+MGPP_VEC_INLINE void select8_lanes(iVec (&k)[8], int n) {
+#if defined(CPU_CAPABILITY_AVX512)
+  __m256i lo[8], hi[8];
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) {
+    const __m512i x = k[r];
+    lo[r] = _mm512_castsi512_si256(x);
+    hi[r] = _mm512_extracti64x4_epi64(x, 1);
+  }
+  nm_block::transpose8(lo);
+  nm_block::select_rows<8>(lo, n);
+  nm_block::transpose8(lo);
+  nm_block::transpose8(hi);
+  nm_block::select_rows<8>(hi, n);
+  nm_block::transpose8(hi);
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) k[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[r]), hi[r], 1);
+#else
+  __m256i v[8];
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) v[r] = k[r];
+  nm_block::transpose8(v);
+  nm_block::select_rows<8>(v, n);
+  nm_block::transpose8(v);
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) k[r] = v[r];
+#endif
+}
+
 // The 4 * fVec::size() keep lanes of k (-1 / 0, in element order k[0],
 // k[1], ...) as mask bytes (1 / 0) at out.
 MGPP_VEC_INLINE void store_keep_bytes(bool* out, const iVec (&k)[4]) {
@@ -190,11 +223,11 @@ MGPP_VEC_INLINE void store_keep_bytes(bool* out, const iVec (&k)[4]) {
 }
 
 // SR-STE's mask-updating step over len fp32 elements of contiguous groups
-// of 4 (len a multiple of 4), four vectors (8 groups on AVX2, 16 on
-// AVX-512) at a time: AdamW on the four (adamw_element with SrsteTerm,
-// which reads the old mask before it is overwritten), then their order
-// keys, the n:4 selection, and M and W M written straight from the keep
-// lanes. The same operations as the general path (adamw_block, keys,
+// of M = 4 or 8 (len a multiple of M), M vectors (8 groups on AVX2, 16 on
+// AVX-512) at a time: AdamW on the M (adamw_element with SrsteTerm, which
+// reads the old mask before it is overwritten), then their order keys, the
+// n:M selection (4 x 4 or 8 x 8 transposes around select_rows), and M and
+// W M written straight from the keep lanes. The same operations as the general path (adamw_block, keys,
 // select, mask_bytes, masked_copy), so the same bits, but no keys or keep
 // buffer between passes, and the streaming stores of W M interleave with
 // the arithmetic instead of following it in a burst the write-combining
@@ -207,29 +240,39 @@ MGPP_VEC_INLINE void store_keep_bytes(bool* out, const iVec (&k)[4]) {
 // 4-row selection the op went from 1.34x to 1.12x fused AdamW on a Zen 3
 // core (benchmarks/regulariser_breakdown.py --size 768000 --threads 1;
 // lags of 1 and 4 did slightly worse than 2). The last groups (fewer than
-// four vectors) take the scalar forms.
-void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, float* param,
-                  int64_t len, int n, const AdamWConsts& c_in, float lam) {
+// M vectors) take the scalar forms.
+template <int M>
+void srste_m_run(float* w, const float* g, float* mo, float* v, bool* keep, float* param,
+                 int64_t len, int n, const AdamWConsts& c_in, float lam) {
+  static_assert(M == 4 || M == 8, "the register path takes groups of 4 or 8");
   const AdamWConsts c = c_in;  // local: stores through the float pointers could alias it
   const SrsteTerm term{keep, lam};
-  constexpr int64_t kL = fVec::size(), kStep = 4 * kL, kLag = 2;
+  constexpr int64_t kL = fVec::size(), kStep = M * kL, kLag = 2;
   const auto select_block = [&](int64_t j) {
-    fVec p[4];
-    iVec k[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
+    fVec p[M];
+    iVec k[M];
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r) {
       p[r] = fVec::loadu(w + j + r * kL);
       k[r] = nm_block::key_vec<true>(p[r]);
     }
-    select4_lanes(k, n);
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) stream1(param + j + r * kL, p[r] & at::vec::cast<float>(k[r]));
-    store_keep_bytes(keep + j, k);
+    if constexpr (M == 4) {
+      select4_lanes(k, n);
+    } else {
+      select8_lanes(k, n);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r) stream1(param + j + r * kL, p[r] & at::vec::cast<float>(k[r]));
+#pragma GCC unroll 2
+    for (int q = 0; q < M; q += 4) {
+      const iVec four[4] = {k[q], k[q + 1], k[q + 2], k[q + 3]};
+      store_keep_bytes(keep + j + q * kL, four);
+    }
   };
   const int64_t blocks = len / kStep;
   for (int64_t b = 0; b < blocks; ++b) {
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
+#pragma GCC unroll 8
+    for (int r = 0; r < M; ++r) {
       const int64_t i = b * kStep + r * kL;
       fVec pr = fVec::loadu(w + i), mr = fVec::loadu(mo + i), vr = fVec::loadu(v + i);
       adamw_element(pr, fVec::loadu(g + i), mr, vr, c, term, i);
@@ -242,10 +285,10 @@ void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, flo
   }
   for (int64_t b = std::max<int64_t>(0, blocks - kLag); b < blocks; ++b) select_block(b * kStep);
   int64_t j = blocks * kStep;
-  for (; j < len; j += 4) {
-    float pf[4];
-    int32_t key[4];
-    for (int e = 0; e < 4; ++e) {
+  for (; j < len; j += M) {
+    float pf[M];
+    int32_t key[M];
+    for (int e = 0; e < M; ++e) {
       const int64_t i = j + e;
       float pe = w[i], me = mo[i], ve = v[i];
       adamw_element(pe, g[i], me, ve, c, term, i);
@@ -255,8 +298,8 @@ void srste_m4_run(float* w, const float* g, float* mo, float* v, bool* keep, flo
       pf[e] = pe;
       key[e] = nm::abs_key(pe);
     }
-    const uint32_t km = nm::keep_mask<4>(key, n);
-    for (int e = 0; e < 4; ++e) {
+    const uint32_t km = nm::keep_mask<M>(key, n);
+    for (int e = 0; e < M; ++e) {
       const bool kept = (km >> e) & 1u;
       keep[j + e] = kept;
       param[j + e] = kept ? pf[e] : 0.0f;
@@ -513,13 +556,17 @@ void srste_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
         const nm_block::Units& U = units[i];
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
         if constexpr (std::is_same_v<P, float> && std::is_same_v<S, float>) {
-          if (m == 4 && U.layout.inner == 1) {
-            // Contiguous groups of 4: whole blocks of groups in registers.
-            const int64_t groups = U.layout.outer * U.layout.size / 4;
+          if ((m == 4 || m == 8) && U.layout.inner == 1) {
+            // Contiguous groups of 4 or 8: whole blocks of groups in registers.
+            const int64_t groups = U.layout.outer * U.layout.size / m;
             const int64_t g0 = piece.begin * U.block_groups;
             const int64_t g1 = std::min(groups, piece.end * U.block_groups);
-            srste_m4_run(wi + 4 * g0, gi + 4 * g0, mi + 4 * g0, vi + 4 * g0, ki + 4 * g0,
-                         pi_ + 4 * g0, 4 * (g1 - g0), int(n), c, lam);
+            const int64_t o = m * g0, len = m * (g1 - g0);
+            if (m == 4) {
+              srste_m_run<4>(wi + o, gi + o, mi + o, vi + o, ki + o, pi_ + o, len, int(n), c, lam);
+            } else {
+              srste_m_run<8>(wi + o, gi + o, mi + o, vi + o, ki + o, pi_ + o, len, int(n), c, lam);
+            }
             continue;
           }
         }
