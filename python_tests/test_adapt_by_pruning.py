@@ -294,6 +294,25 @@ def test_corrupt_record_refused_before_anything_loads(key, value, match):
     assert other.current_step == 0 and not other.state
 
 
+def test_numpy_lr_saves_as_a_python_number():
+    """A numpy float64 lr (a float, here from an LR scheduler) is saved as a
+    Python float: the state dict loads with torch.load(weights_only=True)."""
+    import numpy as np
+
+    model, weights, head = make()
+    learner = AdaptByPruning(model, weights, head, lr=np.float64(1e-3), **KW)
+    sched = torch.optim.lr_scheduler.LambdaLR(learner, lambda t: np.float64(0.5) ** t)
+    loss_of(model, 0).backward()
+    learner.step()
+    sched.step()
+    assert type(learner.param_groups[0]["lr"]) is np.float64
+    buf = io.BytesIO()
+    torch.save(learner.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    assert all(type(g["lr"]) is float for g in saved["param_groups"])
+
+
 @pytest.mark.parametrize("relaxation", ["topk", "hard_concrete"])
 def test_copy_of_model_and_learner_continues_the_run(relaxation):
     """copy.deepcopy of (model, learner) keeps the schedule, the scores, the

@@ -244,3 +244,34 @@ def test_optimizer_hooks_see_the_engine_state(device):
         lambda o: seen.update(step=o.current_step, record=any("mgpp" in g for g in o.param_groups)))
     other.load_state_dict(saved)
     assert seen["step"] == 3 and seen["record"] is False
+
+
+def test_numpy_hyper_parameters_save_as_python_numbers(tmp_path):
+    """numpy's float64 is a float, so it is accepted as lr or betas, and an
+    LR scheduler computing from it keeps it; the saved param groups hold
+    Python numbers, so the checkpoint loads with torch.load(weights_only=True)
+    (torch's default) and resumes the run. Other library scalars are refused
+    by name."""
+    import numpy as np
+
+    hyper = {**HYPER, "lr": np.float64(3e-3), "betas": (np.float64(0.9), 0.98)}
+    model, opt = build("cpu", torch.float32, seed=0, hyper=hyper)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: np.float64(0.5) ** t)
+    for t in range(4):
+        train(model, opt, [t])
+        sched.step()
+    assert type(opt.param_groups[0]["lr"]) is np.float64  # the live groups are the user's
+    torch.save(snapshot(model, opt), tmp_path / "ckpt.pt")
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    for group in saved["opt"]["param_groups"]:
+        assert type(group["lr"]) is float and type(group["initial_lr"]) is float
+        assert all(type(b) is float for b in group["betas"])
+    other_model, other = build("cpu", torch.float32, seed=1, hyper={**HYPER, "betas": (0.9, 0.98)})
+    other_model.load_state_dict(saved["model"])
+    other.load_state_dict(saved["opt"])
+    assert other.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    train(model, opt, [4])
+    train(other_model, other, [4])
+    assert_same_run(model, opt, other_model, other)
+    with pytest.raises(ValueError, match=r"lr must be a Python int or float, got float32 .*pass float\(lr\)"):
+        build("cpu", torch.float32, seed=0, hyper={**HYPER, "lr": np.float32(3e-3)})

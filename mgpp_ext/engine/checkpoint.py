@@ -16,7 +16,7 @@ import json
 import torch
 
 from .distributed import is_dtensor, local
-from .validation import check_adamw, record_field
+from .validation import check_adamw, python_numbers, record_field
 
 
 @contextlib.contextmanager
@@ -58,6 +58,7 @@ class Checkpoint:
             shapes=[list(s) for s in self._shapes], extra=self.score.record()))
         # (The regularisers' state is per param, in torch's state.)
         for group in sd["param_groups"]:
+            python_numbers(group)
             group["mgpp"] = record
         # The user's post-hooks see the whole state dict, record included.
         for hook in post_hooks.values():

@@ -3,6 +3,7 @@ before anything is built."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -20,6 +21,13 @@ def check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
 
     Finite in float32 too: the fused ops compute in float32, where a
     larger value is inf (lr=1e39 would turn every weight into inf/NaN)."""
+    if not isinstance(value, bool) and isinstance(value, numbers.Real) \
+            and not isinstance(value, (int, float)):
+        # A numpy or other library scalar: refused, because hyper-parameters
+        # are kept in checkpoints, whose records are JSON and whose
+        # torch.load(weights_only=True) takes Python numbers only.
+        raise ValueError(f"{name} must be a Python int or float, got {type(value).__name__} {value!r}: "
+                         f"pass float({name})")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if not abs(value) <= FLOAT32_MAX:
@@ -28,6 +36,29 @@ def check_number(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
         raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
     if hi is not None and (value > hi or (hi_open and value == hi)):
         raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value}")
+
+
+def python_numbers(group):
+    """A saved param group's library scalars (numpy's float64 is a float,
+    and an LR scheduler computing from it keeps it so) as Python numbers,
+    in place: ``torch.load(weights_only=True)``, torch's default, refuses
+    any other type. Tuples and lists (``betas``) are converted elementwise;
+    tensors, bools and everything else are left alone."""
+    def plain(v):
+        if isinstance(v, bool) or isinstance(v, torch.Tensor) or not isinstance(v, numbers.Real):
+            return v
+        if type(v) in (int, float):
+            return v
+        return int(v) if isinstance(v, numbers.Integral) else float(v)
+
+    for key, v in group.items():
+        if key == "params":
+            continue
+        if isinstance(v, (tuple, list)):
+            group[key] = type(v)(plain(x) for x in v)
+        else:
+            group[key] = plain(v)
+    return group
 
 
 def record_field(owner, record, key, kind, default=None):

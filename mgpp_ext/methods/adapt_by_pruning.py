@@ -17,7 +17,8 @@ from torch.nn.utils import parametrize
 
 from .. import ops
 from ..engine.buckets import adamw_buckets, adamw_hyper, adamw_lists
-from ..engine.validation import FLOAT_DTYPES, check_adamw, check_number, check_on_nonfinite, record_field
+from ..engine.validation import (FLOAT_DTYPES, check_adamw, check_number, check_on_nonfinite, python_numbers,
+                                 record_field)
 from ..schedule import Schedule
 
 RELAXATIONS = ("topk", "hard_concrete")
@@ -330,6 +331,7 @@ class AdaptByPruning(torch.optim.Optimizer):
         record = json.dumps(dict(t=self._t, tau=self._tau, hc_tau=self._hc_tau, skipped=self._skipped,
                                  hyper=self._hyper(), fixed=self._fixed))
         for group in sd["param_groups"]:
+            python_numbers(group)
             group["mgpp"] = record
         sd["generator"] = self._gen.get_state()
         return sd
