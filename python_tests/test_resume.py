@@ -275,3 +275,23 @@ def test_numpy_hyper_parameters_save_as_python_numbers(tmp_path):
     assert_same_run(model, opt, other_model, other)
     with pytest.raises(ValueError, match=r"lr must be a Python int or float, got float32 .*pass float\(lr\)"):
         build("cpu", torch.float32, seed=0, hyper={**HYPER, "lr": np.float32(3e-3)})
+
+
+def test_tensor_lr_set_on_a_group_resumes():
+    """A one-element tensor lr put on a group after construction (the step
+    reads it as a float) is checked as the number it holds on load, so its
+    checkpoint resumes the run; any other tensor lr is refused by name."""
+    model, opt = build("cpu", torch.float32, seed=0)
+    opt.param_groups[0]["lr"] = torch.tensor(2e-3)
+    train(model, opt, range(4))
+    saved = snapshot(model, opt)
+    other_model, other = build("cpu", torch.float32, seed=1)
+    other_model.load_state_dict(saved["model"])
+    other.load_state_dict(saved["opt"])
+    train(model, opt, [4])
+    train(other_model, other, [4])
+    assert_same_run(model, opt, other_model, other)
+    bad = copy.deepcopy(saved["opt"])
+    bad["param_groups"][0]["lr"] = torch.tensor([1e-3, 2e-3])
+    with pytest.raises(ValueError, match=r"saved param group 0: a tensor lr must be one floating-point element"):
+        other.load_state_dict(bad)

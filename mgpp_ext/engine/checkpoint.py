@@ -165,8 +165,16 @@ class Checkpoint:
         complete, before anything loads."""
         name = type(self).__name__
         for i, (sg, g) in enumerate(zip(state_dict["param_groups"], self.param_groups)):
+            lr = sg.get("lr")
+            if isinstance(lr, torch.Tensor):
+                # A tensor lr set on the group (the step reads it as a float)
+                # is checked as the number it holds.
+                if lr.numel() != 1 or not lr.is_floating_point():
+                    raise ValueError(f"{name}.load_state_dict: saved param group {i}: a tensor lr must be one "
+                                     f"floating-point element, got shape {tuple(lr.shape)} {lr.dtype}")
+                lr = float(lr.item())
             try:
-                check_adamw(sg.get("lr"), sg.get("betas"), sg.get("eps"), sg.get("weight_decay"))
+                check_adamw(lr, sg.get("betas"), sg.get("eps"), sg.get("weight_decay"))
             except ValueError as e:
                 raise ValueError(f"{name}.load_state_dict: saved param group {i}: {e}") from None
             if sg.get("prune") != g.get("prune"):
