@@ -248,7 +248,8 @@ void srste_m_run(float* w, const float* g, float* mo, float* v, bool* keep, floa
   const AdamWConsts c = c_in;  // local: stores through the float pointers could alias it
   const SrsteTerm term{keep, lam};
   constexpr int64_t kL = fVec::size(), kStep = M * kL, kLag = 2;
-  const auto select_block = [&](int64_t j) {
+  // Always inlined: as a call, with p and k through memory, it cost 0.2x AdamW.
+  const auto select_block = [&](int64_t j) MGPP_LAMBDA_INLINE {
     fVec p[M];
     iVec k[M];
 #pragma GCC unroll 8
@@ -263,10 +264,12 @@ void srste_m_run(float* w, const float* g, float* mo, float* v, bool* keep, floa
     }
 #pragma GCC unroll 8
     for (int r = 0; r < M; ++r) stream1(param + j + r * kL, p[r] & at::vec::cast<float>(k[r]));
-#pragma GCC unroll 2
-    for (int q = 0; q < M; q += 4) {
-      const iVec four[4] = {k[q], k[q + 1], k[q + 2], k[q + 3]};
-      store_keep_bytes(keep + j + q * kL, four);
+    if constexpr (M == 4) {
+      store_keep_bytes(keep + j, k);
+    } else {
+      const iVec lo[4] = {k[0], k[1], k[2], k[3]}, hi[4] = {k[4], k[5], k[6], k[7]};
+      store_keep_bytes(keep + j, lo);
+      store_keep_bytes(keep + j + 4 * kL, hi);
     }
   };
   const int64_t blocks = len / kStep;
