@@ -13,8 +13,8 @@ The cases run round-robin (one call of each per round) and each ratio is
 the median over rounds of case / AdamW within the round, so a slow spell
 of a shared host falls on both sides of every ratio. ``--pattern`` and
 ``--dim`` set the SR-STE ops' and the projection's n:m groups (default 2:4
-along dim -1, the register path; dim 0, as a GPT-2 Conv1D weight, or
-m != 4 take the general path).
+along dim -1; fp32 groups of 4 or 8 along dim -1 take SR-STE's register
+path, dim 0 (a GPT-2 Conv1D weight) or other m its general path).
 """
 import argparse
 import os

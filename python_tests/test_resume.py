@@ -1,6 +1,7 @@
 """Checkpoint and resume: an interrupted run continues bitwise like an
 uninterrupted one, at any point of the schedule; mismatched checkpoints are
 refused."""
+import collections
 import copy
 
 import pytest
@@ -275,6 +276,10 @@ def test_numpy_hyper_parameters_save_as_python_numbers(tmp_path):
     assert_same_run(model, opt, other_model, other)
     with pytest.raises(ValueError, match=r"lr must be a Python int or float, got float32 .*pass float\(lr\)"):
         build("cpu", torch.float32, seed=0, hyper={**HYPER, "lr": np.float32(3e-3)})
+    # A user's own group value of another sequence type is saved as given.
+    Tag = collections.namedtuple("Tag", "kind index")
+    opt.param_groups[0]["tag"] = Tag("attn", 0)
+    assert opt.state_dict()["param_groups"][0]["tag"] == Tag("attn", 0)
 
 
 def test_tensor_lr_set_on_a_group_resumes():

@@ -42,8 +42,8 @@ def python_numbers(group):
     """A saved param group's library scalars (numpy's float64 is a float,
     and an LR scheduler computing from it keeps it so) as Python numbers,
     in place: ``torch.load(weights_only=True)``, torch's default, refuses
-    any other type. Tuples and lists (``betas``) are converted elementwise;
-    tensors, bools and everything else are left alone."""
+    any other type. Plain tuples and lists (``betas``) are converted
+    elementwise; tensors, bools and everything else are left alone."""
     def plain(v):
         if isinstance(v, bool) or isinstance(v, torch.Tensor) or not isinstance(v, numbers.Real):
             return v
@@ -54,7 +54,7 @@ def python_numbers(group):
     for key, v in group.items():
         if key == "params":
             continue
-        if isinstance(v, (tuple, list)):
+        if type(v) in (tuple, list):  # not a namedtuple or other subclass: left as given
             group[key] = type(v)(plain(x) for x in v)
         else:
             group[key] = plain(v)
