@@ -133,69 +133,45 @@ struct AbsKeys {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 using nm_block::iVec;
 
-// The n:4 keep lanes (-1 / 0) of the groups in k, in place; each 128-bit
-// lane of k holds one group of 4. nm_block's 4 x 4 transposes and
-// select_rows work on 256-bit vectors, so a 512-bit vector goes through
-// them as its two halves (each half of the four vectors is eight groups).
-MGPP_VEC_INLINE void select4_lanes(iVec (&k)[4], int n) {
+// The n:M keep lanes (-1 / 0) of the groups in k (M = 4 or 8), in place.
+// Each 128-bit lane of k holds one group of 4, each 256-bit half one group
+// of 8; a 4 x 4 transpose within 128-bit lanes or an 8 x 8 transpose turns
+// them into entry-r-of-8-groups rows for select_rows, and back. Those work
+// on 256-bit vectors, so a 512-bit vector goes through them as its two
+// halves (each half of the M vectors is eight groups).
+template <int M>
+MGPP_VEC_INLINE void select_lanes(iVec (&k)[M], int n) {
+  static_assert(M == 4 || M == 8, "groups of 4 or 8");
+  const auto select256 = [n](__m256i (&v)[M]) MGPP_LAMBDA_INLINE {
+    if constexpr (M == 4) {
+      nm_block::transpose4(v);
+      nm_block::select_rows<4>(v, n);
+      nm_block::transpose4(v);
+    } else {
+      nm_block::transpose8(v);
+      nm_block::select_rows<8>(v, n);
+      nm_block::transpose8(v);
+    }
+  };
 #if defined(CPU_CAPABILITY_AVX512)
-  __m256i lo[4], hi[4];
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) {
+  __m256i lo[M], hi[M];
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) {
     const __m512i x = k[r];
     lo[r] = _mm512_castsi512_si256(x);
     hi[r] = _mm512_extracti64x4_epi64(x, 1);
   }
-  nm_block::transpose4(lo);
-  nm_block::select_rows<4>(lo, n);
-  nm_block::transpose4(lo);
-  nm_block::transpose4(hi);
-  nm_block::select_rows<4>(hi, n);
-  nm_block::transpose4(hi);
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) k[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[r]), hi[r], 1);
+  select256(lo);
+  select256(hi);
+#pragma GCC unroll 8
+  for (int r = 0; r < M; ++r) k[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[r]), hi[r], 1);
 #else
-  __m256i v[4];
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) v[r] = k[r];
-  nm_block::transpose4(v);
-  nm_block::select_rows<4>(v, n);
-  nm_block::transpose4(v);
-#pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) k[r] = v[r];
-#endif
-}
-
-// The n:8 keep lanes of the groups in k, in place; each 256-bit half of
-// k[r] holds one group of 8 (a 512-bit vector: group 2r in its low half,
-// 2r + 1 in its high half). An 8 x 8 transpose turns eight such halves into
-// entry-r-of-8-groups rows for select_rows, and back.
-MGPP_VEC_INLINE void select8_lanes(iVec (&k)[8], int n) {
-#if defined(CPU_CAPABILITY_AVX512)
-  __m256i lo[8], hi[8];
+  __m256i v[M];
 #pragma GCC unroll 8
-  for (int r = 0; r < 8; ++r) {
-    const __m512i x = k[r];
-    lo[r] = _mm512_castsi512_si256(x);
-    hi[r] = _mm512_extracti64x4_epi64(x, 1);
-  }
-  nm_block::transpose8(lo);
-  nm_block::select_rows<8>(lo, n);
-  nm_block::transpose8(lo);
-  nm_block::transpose8(hi);
-  nm_block::select_rows<8>(hi, n);
-  nm_block::transpose8(hi);
+  for (int r = 0; r < M; ++r) v[r] = k[r];
+  select256(v);
 #pragma GCC unroll 8
-  for (int r = 0; r < 8; ++r) k[r] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[r]), hi[r], 1);
-#else
-  __m256i v[8];
-#pragma GCC unroll 8
-  for (int r = 0; r < 8; ++r) v[r] = k[r];
-  nm_block::transpose8(v);
-  nm_block::select_rows<8>(v, n);
-  nm_block::transpose8(v);
-#pragma GCC unroll 8
-  for (int r = 0; r < 8; ++r) k[r] = v[r];
+  for (int r = 0; r < M; ++r) k[r] = v[r];
 #endif
 }
 
@@ -226,8 +202,8 @@ MGPP_VEC_INLINE void store_keep_bytes(bool* out, const iVec (&k)[4]) {
 // of M = 4 or 8 (len a multiple of M), M vectors (8 groups on AVX2, 16 on
 // AVX-512) at a time: AdamW on the M (adamw_element with SrsteTerm, which
 // reads the old mask before it is overwritten), then their order keys, the
-// n:M selection (4 x 4 or 8 x 8 transposes around select_rows), and M and
-// W M written straight from the keep lanes. The same operations as the general path (adamw_block, keys,
+// n:M selection (select_lanes), and M and W M written straight from the
+// keep lanes. The same operations as the general path (adamw_block, keys,
 // select, mask_bytes, masked_copy), so the same bits, but no keys or keep
 // buffer between passes, and the streaming stores of W M interleave with
 // the arithmetic instead of following it in a burst the write-combining
@@ -257,11 +233,7 @@ void srste_m_run(float* w, const float* g, float* mo, float* v, bool* keep, floa
       p[r] = fVec::loadu(w + j + r * kL);
       k[r] = nm_block::key_vec<true>(p[r]);
     }
-    if constexpr (M == 4) {
-      select4_lanes(k, n);
-    } else {
-      select8_lanes(k, n);
-    }
+    select_lanes<M>(k, n);
 #pragma GCC unroll 8
     for (int r = 0; r < M; ++r) stream1(param + j + r * kL, p[r] & at::vec::cast<float>(k[r]));
     if constexpr (M == 4) {
