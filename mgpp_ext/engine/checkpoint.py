@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from .distributed import is_dtensor, local
+from .distributed import as_float, is_dtensor, local
 from .validation import check_adamw, python_numbers, record_field
 
 
@@ -172,7 +172,7 @@ class Checkpoint:
                 if lr.numel() != 1 or not lr.is_floating_point():
                     raise ValueError(f"{name}.load_state_dict: saved param group {i}: a tensor lr must be one "
                                      f"floating-point element, got shape {tuple(lr.shape)} {lr.dtype}")
-                lr = float(lr.item())
+                lr = as_float(lr)
             try:
                 check_adamw(lr, sg.get("betas"), sg.get("eps"), sg.get("weight_decay"))
             except ValueError as e:

@@ -44,10 +44,8 @@ def python_numbers(group):
     in place: ``torch.load(weights_only=True)``, torch's default, refuses
     any other type. Plain tuples and lists (``betas``) are converted
     elementwise; tensors, bools and everything else are left alone."""
-    def plain(v):
-        if isinstance(v, bool) or isinstance(v, torch.Tensor) or not isinstance(v, numbers.Real):
-            return v
-        if type(v) in (int, float):
+    def plain(v):  # (a tensor is no numbers.Real)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or type(v) in (int, float):
             return v
         return int(v) if isinstance(v, numbers.Integral) else float(v)
 
